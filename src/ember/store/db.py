@@ -1,0 +1,187 @@
+"""Registry database: SQLAlchemy 2 schema and sessions. SQLite in WAL mode by default; any SQLAlchemy URL works.
+
+    EMBER_HOME=/tmp/e ember models list        # creates /tmp/e/ember.db and migrates it to the newest schema
+
+The schema is versioned with Alembic (`store/migrations/`); `connect()` upgrades an older database in place.
+Several processes may use one database at once (CLI, server replicas, training ranks): SQLite writers are
+serialised with BEGIN IMMEDIATE plus a busy timeout, so a second writer waits instead of failing or corrupting.
+"""
+
+import fcntl
+import threading
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from ember.config import Settings, get_settings
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict: JSON, datetime: DateTime(timezone=True)}
+
+
+class Model(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    versions: Mapped[list["Version"]] = relationship(back_populates="model", cascade="all, delete-orphan")
+    aliases: Mapped[list["Alias"]] = relationship(back_populates="model", cascade="all, delete-orphan")
+
+
+class Version(Base):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32), default="model")
+    meta: Mapped[dict] = mapped_column("metadata", JSON, default=dict)
+    parent: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    model: Mapped[Model] = relationship(back_populates="versions")
+    files: Mapped[list["File"]] = relationship(back_populates="version", cascade="all, delete-orphan")
+    tags: Mapped[list["Tag"]] = relationship(back_populates="version", cascade="all, delete-orphan")
+
+
+class File(Base):
+    __tablename__ = "files"
+    __table_args__ = (UniqueConstraint("version_id", "path"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(512))
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    version: Mapped[Version] = relationship(back_populates="files")
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(1024))
+    version: Mapped[Version] = relationship(back_populates="tags")
+
+
+class Alias(Base):
+    __tablename__ = "aliases"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(128), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer)
+    model: Mapped[Model] = relationship(back_populates="aliases")
+
+
+class AliasEvent(Base):
+    """Append-only history of alias moves (and refused promotions); never updated or deleted with a version."""
+
+    __tablename__ = "alias_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    alias: Mapped[str] = mapped_column(String(128))
+    from_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    action: Mapped[str] = mapped_column(String(32), default="move")
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    scopes: Mapped[str] = mapped_column(String(256), default="inference")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class EvalRun(Base):
+    __tablename__ = "eval_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), index=True)
+    task: Mapped[str] = mapped_column(String(256))
+    task_digest: Mapped[str] = mapped_column(String(64))
+    data_digest: Mapped[str] = mapped_column(String(64))
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    outputs_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+_engines: dict[str, tuple] = {}
+_lock = threading.Lock()
+
+
+def _make_engine(url: str):
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # let SQLAlchemy (below) issue BEGIN itself
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # IMMEDIATE takes the write lock up front: two writers queue instead of deadlocking on upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _migrate(engine, settings: Settings) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.attributes["connection_engine"] = engine
+    settings.home.mkdir(parents=True, exist_ok=True)
+    # Two processes starting on a new home must not both create tables: serialise migrations on a file lock.
+    with open(settings.home / ".migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        command.upgrade(cfg, "head")
+
+
+def connect(settings: Settings | None = None) -> sessionmaker:
+    """Session factory for this settings' database, created and migrated on first use in this process."""
+    settings = settings or get_settings()
+    url = settings.database_url
+    with _lock:
+        if url not in _engines:
+            settings.home.mkdir(parents=True, exist_ok=True)
+            engine = _make_engine(url)
+            _migrate(engine, settings)
+            _engines[url] = (engine, sessionmaker(engine, expire_on_commit=False))
+        return _engines[url][1]
+
+
+@contextmanager
+def session(settings: Settings | None = None):
+    """One transaction: committed on success, rolled back on any error (nothing half-written)."""
+    with connect(settings)() as s:
+        with s.begin():
+            yield s
+
+
+def dispose_all() -> None:
+    """Forget cached engines (tests that delete their EMBER_HOME call this)."""
+    with _lock:
+        for engine, _ in _engines.values():
+            engine.dispose()
+        _engines.clear()
