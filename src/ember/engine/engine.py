@@ -1,0 +1,348 @@
+"""Engine: continuous batching over one decoder, with sync (`generate`) and async (`stream`) front doors.
+
+    engine = Engine.load("smollm2-135m-instruct", max_slots=32, max_seq_len=2048)
+    print(engine.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=20))[0].text)
+
+One background thread owns the model and the KV cache and runs the step loop: take new requests and
+aborts, let the scheduler compose the step, run one forward over every running sequence, sample all rows
+at once, hand out deltas. Callers only put requests on a queue, so `stream` never blocks an event loop;
+deltas come back to it through `loop.call_soon_threadsafe`.
+"""
+
+import asyncio
+import logging
+import queue
+import threading
+import uuid
+
+import torch
+
+from ember.engine import beam
+from ember.engine.detok import Detokenizer
+from ember.engine.kv_cache import make_batch
+from ember.engine.sampling import SamplingParams, sample, seeded_generator, token_logprobs
+from ember.engine.scheduler import Choice, Completion, Delta, Request, Scheduler, Sequence
+from ember.errors import InvalidRequest, Overloaded
+from ember.models.loading import LoadedModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, loaded: LoadedModel, max_slots: int = 32, max_seq_len: int = 2048, step_tokens: int = 256,
+                 max_waiting: int = 4096):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.eos_ids = loaded.eos_token_ids
+        self.context_length = min(max_seq_len, self.model.max_positions)
+        self.max_slots, self.max_waiting = max_slots, max_waiting
+        self.cache = self.model.make_cache(max_slots, self.context_length)
+        self.sched = Scheduler(max_slots, step_tokens)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._requests: dict[str, Request] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._start_lock = threading.Lock()
+        self.steps = 0
+        self.generated_tokens = 0
+
+    @classmethod
+    def load(cls, ref_or_path, settings=None, *, max_slots: int = 32, max_seq_len: int = 2048,
+             step_tokens: int = 256, threads: int | None = None, quantize: str | None = None) -> "Engine":
+        """ref_or_path: an existing HF folder, or a registry reference (`name`, `name:3`, `name@prod`).
+        quantize="int8": dynamic int8 weights for the projections (faster, not bit-equal to transformers)."""
+        threads = threads or (settings.threads if settings is not None and settings.threads else None)
+        if threads:
+            torch.set_num_threads(threads)
+        loaded = load_model(ref_or_path, settings)
+        if quantize:
+            from ember.engine.quant import quantize_model
+
+            quantize_model(loaded.model, quantize)
+        return cls(loaded, max_slots=max_slots, max_seq_len=max_seq_len, step_tokens=step_tokens)
+
+    # ----- counters the server exports as metrics -----
+    @property
+    def num_running(self) -> int:
+        return len(self.sched.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.sched.waiting)
+
+    @property
+    def cache_usage(self) -> float:
+        """Fraction of cache slots held by running sequences."""
+        return self.sched.used_slots / self.max_slots
+
+    def stats(self) -> dict:
+        return {"running": self.num_running, "waiting": self.num_waiting, "cache_usage": self.cache_usage,
+                "steps": self.steps, "generated_tokens": self.generated_tokens}
+
+    # ----- prompts -----
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        ids = list(prompt) if isinstance(prompt, list) else self.tokenizer(prompt)["input_ids"]
+        if not ids:
+            bos = self.tokenizer.bos_token_id
+            if bos is None:
+                raise InvalidRequest("the prompt is empty", param="prompt")
+            ids = [bos]
+        if any(not 0 <= int(t) < self.model.vocab_size for t in ids):
+            raise InvalidRequest("prompt token id out of range", param="prompt")
+        return [int(t) for t in ids]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Renders messages with the model's own chat template (transformers renders it in a sandboxed
+        Jinja environment) and returns token ids; the template already holds any special tokens."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequest("this model has no chat template; use a plain completion instead")
+        try:
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # noqa: BLE001 - template errors (raise_exception, bad roles) are user input errors
+            raise InvalidRequest(f"cannot render the chat template: {e}", param="messages") from None
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ----- requests -----
+    def _check(self, ids: list[int], p: SamplingParams) -> int:
+        if len(ids) >= self.context_length:
+            raise InvalidRequest(f"the prompt has {len(ids)} tokens; this engine's context is "
+                                 f"{self.context_length}", param="prompt", code="context_length_exceeded")
+        room = self.context_length - len(ids)
+        if p.max_tokens is not None and p.max_tokens > room:
+            raise InvalidRequest(f"prompt ({len(ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the context "
+                                 f"length {self.context_length}", param="max_tokens", code="context_length_exceeded")
+        if p.logit_bias and any(not 0 <= t < self.model.vocab_size for t in p.logit_bias):
+            raise InvalidRequest("logit_bias token id out of range", param="logit_bias")
+        return p.max_tokens or room
+
+    def add_request(self, prompt, params: SamplingParams, on_delta, request_id: str | None = None) -> str:
+        """Queues a request; on_delta(Delta) is called from the engine thread. Returns the request id."""
+        if self._closed:
+            raise InvalidRequest("the engine is closed")
+        if params.use_beam_search:
+            raise InvalidRequest("beam search runs through generate() or stream(), not add_request")
+        ids = self.encode(prompt)
+        max_tokens = self._check(ids, params)
+        if self.num_waiting + len(self._requests) >= self.max_waiting:
+            raise Overloaded("the engine's queue is full", retry_after=1)
+        rid = request_id or uuid.uuid4().hex
+        req = Request(rid, ids, params, on_delta)
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_ids))
+        for i in range(params.n):
+            gen = None if params.greedy else seeded_generator(params.seed, i)
+            req.seqs.append(Sequence(req, i, ids, params, gen,
+                                     Detokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens),
+                                     max_tokens, logprobs=[] if params.logprobs is not None else None))
+        req.stop_ids = stop_ids
+        self._ensure_thread()
+        self._inbox.put(("add", req))
+        self._wake.set()
+        return rid
+
+    def abort(self, request_id: str, wait: bool = False) -> None:
+        """Ends a request and frees its slots before the next step is scheduled. wait=True returns only once
+        that has happened (the slot is free when abort returns)."""
+        done = threading.Event()
+        self._inbox.put(("abort", request_id, done))
+        self._wake.set()
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
+            done.wait()
+
+    def generate(self, prompts: list, params: SamplingParams | list[SamplingParams]) -> list[Completion]:
+        """Runs all prompts through the continuous batch together; returns completions in prompt order."""
+        if isinstance(prompts, (str,)) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise InvalidRequest("one SamplingParams per prompt, or a single one for all")
+        results: list[Completion | None] = [None] * len(prompts)
+        pending, lock = [0], threading.Lock()
+        all_done = threading.Event()
+        for i, (pr, p) in enumerate(zip(prompts, plist)):
+            ids = self.encode(pr)
+            if p.use_beam_search:
+                results[i] = self.beam_search(ids, p)
+                continue
+            acc = _Collector(ids)
+
+            def on_delta(d, i=i, acc=acc):
+                acc.add(d)
+                if d.usage is not None:
+                    results[i] = acc.completion(d)
+                    with lock:
+                        pending[0] -= 1
+                        if pending[0] == 0:
+                            all_done.set()
+
+            with lock:
+                pending[0] += 1
+            self.add_request(ids, p, on_delta)
+        with lock:
+            if pending[0] == 0:
+                all_done.set()
+        all_done.wait()
+        return results
+
+    def beam_search(self, prompt, params: SamplingParams) -> Completion:
+        ids = self.encode(prompt)
+        max_tokens = self._check(ids, params)
+        with torch.inference_mode():
+            beams = beam.beam_search(self.model, ids, params, max_tokens, self.eos_ids)
+        choices = []
+        for i, (toks, reason) in enumerate(beams[: params.n]):
+            text = self.tokenizer.decode(toks, skip_special_tokens=params.skip_special_tokens)
+            choices.append(Choice(i, text, toks, reason))
+        from ember.engine.scheduler import Usage
+
+        return Completion(uuid.uuid4().hex, ids, choices, Usage(len(ids), sum(len(c.token_ids) for c in choices)))
+
+    async def stream(self, prompt, params: SamplingParams, request_id: str | None = None):
+        """Yields Delta objects as tokens come; aborts the request if the consumer stops early."""
+        loop = asyncio.get_running_loop()
+        if params.use_beam_search:
+            comp = await loop.run_in_executor(None, self.beam_search, prompt, params)
+            for c in comp.choices:
+                last = c.index == len(comp.choices) - 1
+                yield Delta(comp.request_id, c.index, c.text, c.token_ids, None, c.finish_reason,
+                            comp.usage if last else None)
+            return
+        q: asyncio.Queue = asyncio.Queue()
+        rid = self.add_request(prompt, params, lambda d: loop.call_soon_threadsafe(q.put_nowait, d), request_id)
+        finished = False
+        try:
+            while True:
+                d = await q.get()
+                yield d
+                if d.usage is not None:
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self.abort(rid)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    # ----- the engine thread -----
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ember-engine", daemon=True)
+                self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if msg[0] == "add":
+                req = msg[1]
+                self._requests[req.request_id] = req
+                self.sched.add(req.seqs)
+            else:
+                req = self._requests.get(msg[1])
+                if req is not None:
+                    for s in req.seqs:
+                        if s.finish_reason is None:
+                            self._finish(s, "abort", [], None)
+                msg[2].set()
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while not self._closed:
+                self._drain()
+                if not self.sched.has_work():
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                try:
+                    self._step()
+                except Exception:  # noqa: BLE001 - a bug must end the requests, not hang their callers
+                    log.exception("engine step failed; ending all running requests")
+                    for req in list(self._requests.values()):
+                        for s in req.seqs:
+                            if s.finish_reason is None:
+                                self._finish(s, "error", [], None)
+
+    def _step(self) -> None:
+        decode, prefill = self.sched.schedule()
+        want = [s.n_cached + n == len(s.prompt_ids) for s, n in prefill]
+        b = make_batch([(s.slot, s.n_cached, s.output_ids[-1]) for s in decode],
+                       [(s.slot, s.n_cached, s.prompt_ids[s.n_cached : s.n_cached + n]) for s, n in prefill], want)
+        logits = self.model.forward(b, self.cache)
+        for s in decode:
+            s.n_cached += 1
+        for s, n in prefill:
+            s.n_cached += n
+        rows = decode + [s for (s, _), w in zip(prefill, want) if w]
+        self.steps += 1
+        if not rows:
+            return
+        lp_rows = [i for i, s in enumerate(rows) if s.logprobs is not None]
+        raw = logits[lp_rows].clone() if lp_rows else None
+        params = [s.params for s in rows]
+        toks = sample(logits, params, [s.generator for s in rows], [s.prompt_ids for s in rows],
+                      [s.output_ids for s in rows])
+        lps = {}
+        if lp_rows:
+            k = max(rows[i].params.logprobs for i in lp_rows)
+            for i, lp in zip(lp_rows, token_logprobs(raw, toks[lp_rows], k)):
+                lp["top"] = lp["top"][: rows[i].params.logprobs]
+                lps[i] = lp
+        for i, (s, t) in enumerate(zip(rows, toks.tolist())):
+            self._advance(s, t, lps.get(i))
+
+    def _advance(self, s: Sequence, t: int, lp: dict | None) -> None:
+        s.output_ids.append(t)
+        self.generated_tokens += 1
+        if lp is not None:
+            s.logprobs.append(lp)
+        lps = [lp] if lp is not None else None
+        if t in s.request.stop_ids:
+            return self._finish(s, "stop", [t], lps)
+        text = s.detok.add(t)
+        if s.detok.stopped:
+            return self._finish(s, "stop", [t], lps, text)
+        if len(s.output_ids) >= s.max_tokens or s.n_cached + 1 >= self.context_length:
+            return self._finish(s, "length", [t], lps, text)
+        s.request.on_delta(Delta(s.request.request_id, s.index, text, [t], lps))
+
+    def _finish(self, s: Sequence, reason: str, toks: list[int], lps, text: str = "") -> None:
+        s.finish_reason = reason
+        self.sched.release(s)
+        req = s.request
+        usage = None
+        if req.finished:
+            usage = req.usage()
+            self._requests.pop(req.request_id, None)
+        req.on_delta(Delta(req.request_id, s.index, text + s.detok.flush(), toks, lps, reason, usage))
+
+
+class _Collector:
+    """Accumulates one request's deltas into a Completion for the synchronous front door."""
+
+    def __init__(self, prompt_ids: list[int]):
+        self.prompt_ids = prompt_ids
+        self.choices: dict[int, Choice] = {}
+
+    def add(self, d: Delta) -> None:
+        c = self.choices.setdefault(d.index, Choice(d.index, "", [], None, None))
+        c.text += d.text
+        c.token_ids += d.token_ids
+        if d.logprobs is not None:
+            c.logprobs = (c.logprobs or []) + d.logprobs
+        if d.finish_reason:
+            c.finish_reason = d.finish_reason
+
+    def completion(self, last: Delta) -> Completion:
+        return Completion(last.request_id, self.prompt_ids, [self.choices[i] for i in sorted(self.choices)], last.usage)

@@ -1,0 +1,126 @@
+"""Preallocated per-slot KV cache and the attention over it, shared by every decoder family.
+
+    engine = Engine.load("smollm2-135m-instruct", max_slots=32, max_seq_len=2048)   # builds one KVCache
+
+Layout: keys and values are one tensor each, [layers, slots, kv_heads, max_seq_len, head_dim]. A running
+sequence owns one slot; its length is the number of cached positions. Nothing is ever re-padded or copied
+between steps: a step writes its new K/V at (slot, position) and attends over a view of the cache.
+The tensors come from `torch.empty`, so pages that no sequence has reached are never touched and stay out
+of resident memory (32 slots x 2048 tokens of SmolLM2 reserve 3 GB of address space, not of RAM).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class StepBatch:
+    """The new tokens of one forward step, flat: decode tokens first (one per row), then prefill chunks."""
+
+    tokens: torch.Tensor  # [T] token ids
+    positions: torch.Tensor  # [T] position of each token in its sequence
+    slots: torch.Tensor  # [T] cache slot of each token
+    n_decode: int  # tokens[:n_decode] are single decode tokens of distinct slots
+    prefills: list[tuple[int, int, int, int]]  # (slot, start position, length, offset into tokens)
+    logit_index: torch.Tensor  # rows of the flat batch whose logits the caller wants
+    # Decode attention runs over slots [0, hi) and positions [0, lmax) with an additive length mask.
+    hi: int = 0
+    lmax: int = 0
+    decode_bias: torch.Tensor | None = None
+    decode_rows: torch.Tensor | None = None  # slots of the decode tokens, None when they are 0..hi-1 in order
+    extra: dict = field(default_factory=dict)  # per-step cache for the model (e.g. gathered RoPE tables)
+
+
+def make_batch(decode: list[tuple[int, int, int]], prefill: list[tuple[int, int, list[int]]],
+               want_prefill_logits: list[bool]) -> StepBatch:
+    """decode: (slot, position, token); prefill: (slot, start, tokens); logits for every decode row and the
+    last token of each prefill chunk flagged in want_prefill_logits."""
+    toks, pos, slots, logit_rows, prefills = [], [], [], [], []
+    for i, (s, p, t) in enumerate(decode):
+        toks.append(t)
+        pos.append(p)
+        slots.append(s)
+        logit_rows.append(i)
+    for (s, start, chunk), want in zip(prefill, want_prefill_logits):
+        off = len(toks)
+        toks.extend(chunk)
+        pos.extend(range(start, start + len(chunk)))
+        slots.extend([s] * len(chunk))
+        prefills.append((s, start, len(chunk), off))
+        if want:
+            logit_rows.append(off + len(chunk) - 1)
+    b = StepBatch(torch.tensor(toks), torch.tensor(pos), torch.tensor(slots), len(decode), prefills,
+                  torch.tensor(logit_rows, dtype=torch.long))
+    if decode:
+        dslots = [d[0] for d in decode]
+        b.hi = max(dslots) + 1
+        lengths = torch.zeros(b.hi, dtype=torch.long)
+        # Rows of idle slots attend to position 0 only, so their (discarded) softmax stays finite.
+        lengths[:] = 1
+        for s, p, _ in decode:
+            lengths[s] = p + 1
+        b.lmax = int(lengths.max())
+        bias = torch.zeros(b.hi, b.lmax)
+        bias.masked_fill_(torch.arange(b.lmax)[None, :] >= lengths[:, None], float("-inf"))
+        b.decode_bias = bias[:, None, None, :]
+        if dslots != list(range(b.hi)):
+            b.decode_rows = torch.tensor(dslots)
+    return b
+
+
+class KVCache:
+    def __init__(self, n_layers: int, n_slots: int, n_kv_heads: int, max_seq_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32):
+        shape = (n_layers, n_slots, n_kv_heads, max_seq_len, head_dim)
+        self.k = torch.empty(shape, dtype=dtype)
+        self.v = torch.empty(shape, dtype=dtype)
+        self.n_slots, self.max_seq_len = n_slots, max_seq_len
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Beam search and n>1 forks: make slot dst hold the first `length` positions of slot src."""
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+    def reorder(self, slots: list[int], sources: list[int], length: int) -> None:
+        """Beam search: slot slots[i] takes the contents of slot sources[i] (all read before any write)."""
+        idx_src, idx_dst = torch.tensor(sources), torch.tensor(slots)
+        self.k[:, idx_dst, :, :length] = self.k[:, idx_src, :, :length].clone()
+        self.v[:, idx_dst, :, :length] = self.v[:, idx_src, :, :length].clone()
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: StepBatch,
+               scale: float) -> torch.Tensor:
+        """q [T, H, D], k/v [T, KV, D] for the step's tokens -> attention output [T, H*D].
+
+        Grouped-query attention without repeating K/V: the H query heads are viewed as [KV, H/KV] so
+        each group multiplies against its shared key head through broadcasting."""
+        kc, vc = self.k[layer], self.v[layer]
+        kc[b.slots, :, b.positions] = k
+        vc[b.slots, :, b.positions] = v
+        T, H, D = q.shape
+        KV = k.shape[1]
+        rep = H // KV
+        out = torch.empty(T, H * D, dtype=q.dtype)
+        nd = b.n_decode
+        if nd:
+            qd = q[:nd].view(nd, KV, rep, D)
+            if b.decode_rows is not None:  # scatter into a dense [hi] batch; idle rows compute garbage
+                qf = torch.zeros(b.hi, KV, rep, D, dtype=q.dtype)
+                qf[b.decode_rows] = qd
+                qd = qf
+            kk, vv = kc[: b.hi, :, : b.lmax], vc[: b.hi, :, : b.lmax]  # views, no copy
+            s = torch.matmul(qd, kk.transpose(-1, -2)) * scale + b.decode_bias  # [hi, KV, rep, L]
+            o = torch.matmul(torch.softmax(s, dim=-1), vv)  # [hi, KV, rep, D]
+            if b.decode_rows is not None:
+                o = o[b.decode_rows]
+            out[:nd] = o.reshape(nd, H * D)
+        for slot, start, n, off in b.prefills:
+            L = start + n
+            qp = q[off : off + n].view(n, KV, rep, D).permute(1, 2, 0, 3)  # [KV, rep, n, D]
+            kk, vv = kc[slot, :, :L].unsqueeze(1), vc[slot, :, :L].unsqueeze(1)  # [KV, 1, L, D]
+            s = torch.matmul(qp, kk.transpose(-1, -2)) * scale
+            causal = torch.arange(L)[None, :] > torch.arange(start, L)[:, None]
+            s.masked_fill_(causal, float("-inf"))
+            o = torch.matmul(torch.softmax(s, dim=-1), vv)  # [KV, rep, n, D]
+            out[off : off + n] = o.permute(2, 0, 1, 3).reshape(n, H * D)
+        return out

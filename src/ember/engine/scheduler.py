@@ -1,0 +1,150 @@
+"""Request and sequence state, admission and batch composition for the engine's step loop.
+
+    engine = Engine.load("smollm2-135m-instruct", max_slots=32, step_tokens=256)   # Scheduler(32, ...)
+
+Every step runs all decoding sequences (one token each) plus as much prefill as the step's token budget
+leaves, in first-come order. Long prompts are prefilled in chunks across steps, so a long prompt delays
+running streams by at most one budget's worth of tokens per step. Each sequence owns one preallocated
+cache slot of max_seq_len positions for its whole life; a request is admitted only when a slot is free,
+so a full cache makes new requests wait, and nothing is ever truncated or preempted.
+"""
+
+import heapq
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ember.engine.detok import Detokenizer
+from ember.engine.sampling import SamplingParams
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Delta:
+    """One increment of a stream. The last delta of a choice carries finish_reason; the last delta of
+    the request (after every choice finished) also carries usage."""
+
+    request_id: str
+    index: int  # choice index (0..n-1)
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict] | None = None  # per new token: {"token_id", "logprob", "top": [(id, lp), ...]}
+    finish_reason: str | None = None  # "stop", "length" or "abort"
+    usage: Usage | None = None
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    logprobs: list[dict] | None = None
+
+
+@dataclass
+class Completion:
+    request_id: str
+    prompt_token_ids: list[int]
+    choices: list[Choice]
+    usage: Usage
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+
+@dataclass
+class Sequence:
+    request: "Request"
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator | None
+    detok: Detokenizer
+    max_tokens: int
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict] | None = None
+    slot: int = -1
+    n_cached: int = 0  # positions of this sequence already in its cache slot
+    finish_reason: str | None = None
+
+    @property
+    def prefilled(self) -> bool:
+        return self.n_cached >= len(self.prompt_ids)
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    on_delta: object  # callable(Delta), called from the engine thread
+    seqs: list[Sequence] = field(default_factory=list)
+    arrival: float = field(default_factory=time.monotonic)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason is not None for s in self.seqs)
+
+    def usage(self) -> Usage:
+        return Usage(len(self.prompt_ids), sum(len(s.output_ids) for s in self.seqs))
+
+
+class Scheduler:
+    def __init__(self, max_slots: int, step_tokens: int):
+        self.max_slots, self.step_tokens = max_slots, step_tokens
+        self.free = list(range(max_slots))  # a heap: the lowest free slot first keeps the decode range dense
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._ids = itertools.count()
+
+    def add(self, seqs: list[Sequence]) -> None:
+        self.waiting.extend(seqs)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> tuple[list[Sequence], list[tuple[Sequence, int]]]:
+        """-> (decode sequences, [(prefill sequence, chunk length)]) for the next step."""
+        decode = [s for s in self.running if s.prefilled]
+        budget = max(self.step_tokens - len(decode), 1)
+        prefill = []
+        for s in self.running:
+            if not s.prefilled and budget > 0:
+                n = min(len(s.prompt_ids) - s.n_cached, budget)
+                prefill.append((s, n))
+                budget -= n
+        while self.waiting and self.free and budget > 0:
+            s = self.waiting.popleft()
+            s.slot = heapq.heappop(self.free)
+            self.running.append(s)
+            n = min(len(s.prompt_ids), budget)
+            prefill.append((s, n))
+            budget -= n
+        return decode, prefill
+
+    def release(self, seq: Sequence) -> None:
+        """Frees the slot of a finished or aborted sequence; a waiting one can take it in the next step."""
+        if seq.slot >= 0:
+            heapq.heappush(self.free, seq.slot)
+            seq.slot = -1
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+
+    @property
+    def used_slots(self) -> int:
+        return self.max_slots - len(self.free)

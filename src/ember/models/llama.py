@@ -1,0 +1,123 @@
+"""Compact inference implementation of the Llama family (Llama 2/3, SmolLM2, Mistral-style GQA).
+
+    engine = Engine.load("smollm2-135m-instruct")      # loading.load_model picks LlamaDecoder for model_type llama
+
+Weights come from a Hugging Face safetensors folder and are rearranged once at load time for CPU decode:
+Q/K/V fused into one [hidden, (H+2KV)*D] matrix and gate/up into one [hidden, 2*I] matrix, all stored
+pre-transposed and contiguous so every projection is a plain `x @ W` (faster than F.linear at the batch
+sizes of decode, see DESIGN.md). Logits equal transformers' LlamaForCausalLM within float tolerance
+(tests/models/test_llama.py).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ember.engine.kv_cache import KVCache, StepBatch
+from ember.errors import Unsupported
+
+
+@dataclass
+class LlamaLayer:
+    ln1: torch.Tensor
+    wqkv: torch.Tensor  # [hidden, (H + 2*KV) * D]
+    bqkv: torch.Tensor | None
+    wo: torch.Tensor  # [H*D, hidden]
+    ln2: torch.Tensor
+    wgu: torch.Tensor  # [hidden, 2*I]
+    wdown: torch.Tensor  # [I, hidden]
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    # Same operation order as transformers' LlamaRMSNorm so greedy decoding stays token-identical.
+    var = x.pow(2).mean(-1, keepdim=True)
+    return w * (x * torch.rsqrt(var + eps))
+
+
+def rope_inv_freq(cfg: dict) -> tuple[torch.Tensor, float]:
+    """inv_freq and attention scaling exactly as transformers computes them for this config."""
+    params = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    if rope_type == "default":
+        return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)), 1.0
+    from transformers import AutoConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type not in ROPE_INIT_FUNCTIONS:
+        raise Unsupported(f"RoPE type {rope_type!r} is not supported")
+    hf_cfg = AutoConfig.for_model(**cfg)
+    return ROPE_INIT_FUNCTIONS[rope_type](hf_cfg, "cpu")
+
+
+class LlamaDecoder:
+    family = "llama"
+
+    def __init__(self, cfg: dict, weights: dict[str, torch.Tensor]):
+        self.cfg = cfg
+        self.hidden = cfg["hidden_size"]
+        self.n_heads = cfg["num_attention_heads"]
+        self.n_kv_heads = cfg.get("num_key_value_heads") or self.n_heads
+        self.head_dim = cfg.get("head_dim") or self.hidden // self.n_heads
+        self.n_layers = cfg["num_hidden_layers"]
+        self.vocab_size = cfg["vocab_size"]
+        self.eps = cfg.get("rms_norm_eps", 1e-6)
+        self.max_positions = cfg.get("max_position_embeddings", 2048)
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise Unsupported(f"activation {cfg.get('hidden_act')!r} is not supported for llama models")
+        self.scale = self.head_dim**-0.5
+        w = weights
+        self.embed = w.pop("model.embed_tokens.weight")
+        head = w.pop("lm_head.weight", None)
+        if head is None or cfg.get("tie_word_embeddings", False):
+            head = self.embed
+        self.lm_head = head.t().contiguous()  # [hidden, V]
+        self.norm = w.pop("model.norm.weight")
+        self.layers = []
+        for i in range(self.n_layers):
+            p = f"model.layers.{i}."
+            q, k, v = (w.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv")
+            bias = [w.pop(p + f"self_attn.{n}_proj.bias", None) for n in "qkv"]
+            self.layers.append(LlamaLayer(
+                ln1=w.pop(p + "input_layernorm.weight"),
+                wqkv=torch.cat([q, k, v], 0).t().contiguous(),
+                bqkv=torch.cat(bias) if bias[0] is not None else None,
+                wo=w.pop(p + "self_attn.o_proj.weight").t().contiguous(),
+                ln2=w.pop(p + "post_attention_layernorm.weight"),
+                wgu=torch.cat([w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")], 0)
+                .t().contiguous(),
+                wdown=w.pop(p + "mlp.down_proj.weight").t().contiguous(),
+            ))
+        inv_freq, att_scale = rope_inv_freq(cfg)
+        freqs = torch.arange(self.max_positions, dtype=torch.float)[:, None] * inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], -1)
+        self.cos, self.sin = emb.cos() * att_scale, emb.sin() * att_scale
+
+    def make_cache(self, n_slots: int, max_seq_len: int) -> KVCache:
+        return KVCache(self.n_layers, n_slots, self.n_kv_heads, max_seq_len, self.head_dim)
+
+    def forward(self, b: StepBatch, cache: KVCache) -> torch.Tensor:
+        """Runs one step over every new token in the batch; returns logits [len(b.logit_index), V]."""
+        T = b.tokens.shape[0]
+        H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
+        x = self.embed[b.tokens]
+        cos, sin = self.cos[b.positions][:, None, :], self.sin[b.positions][:, None, :]
+        half = D // 2
+        for i, L in enumerate(self.layers):
+            h = rms_norm(x, L.ln1, self.eps)
+            qkv = h @ L.wqkv if L.bqkv is None else torch.addmm(L.bqkv, h, L.wqkv)
+            q = qkv[:, : H * D].view(T, H, D)
+            k = qkv[:, H * D : (H + KV) * D].view(T, KV, D)
+            v = qkv[:, (H + KV) * D :].view(T, KV, D)
+            q = q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin
+            k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
+            a = cache.attend(i, q, k, v, b, self.scale)
+            x = x + a @ L.wo
+            h = rms_norm(x, L.ln2, self.eps)
+            gu = h @ L.wgu
+            inter = gu.shape[1] // 2
+            x = x + (F.silu(gu[:, :inter]) * gu[:, inter:]) @ L.wdown
+        x = rms_norm(x[b.logit_index], self.norm, self.eps)
+        return x @ self.lm_head
