@@ -1,0 +1,114 @@
+"""Shared fixtures. Every test runs offline against a temporary EMBER_HOME; nothing of Ember's is mocked.
+
+- `ember_home`: a fresh, empty EMBER_HOME for this test (env var set, database cache reset).
+- `catalog_home`: one EMBER_HOME per test session with both bundled models pulled (the GGUF import takes
+  ~20 s, so it is paid once). Treat it as read-only: tests that change the registry use `ember_home`.
+- `smollm2_dir` / `minilm_dir`: materialized plain HF folders of the two bundled models.
+- `run_cli(*args)`: runs the real `ember` console script in a subprocess; returns CompletedProcess.
+- `ember_bin`: path of that console script, for tests that need Popen.
+- `tiny_model_dir`: a tiny random Llama HF folder (safetensors); `pickle_only_dir`: one with only a .bin.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import json
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+EMBER_BIN = str(Path(sys.executable).with_name("ember"))
+
+
+def _reset_db_cache():
+    from ember.store import db
+
+    db.dispose_all()
+
+
+@pytest.fixture
+def ember_home(tmp_path, monkeypatch):
+    home = tmp_path / "ember-home"
+    monkeypatch.setenv("EMBER_HOME", str(home))
+    monkeypatch.delenv("EMBER_DATABASE_URL", raising=False)
+    _reset_db_cache()
+    yield home
+    _reset_db_cache()
+
+
+@pytest.fixture(scope="session")
+def catalog_home(tmp_path_factory):
+    from ember.config import Settings
+    from ember.store import importers
+
+    home = tmp_path_factory.mktemp("catalog-home")
+    settings = Settings(home=home)
+    importers.pull("smollm2-135m-instruct", settings)
+    importers.pull("minilm-l6-v2", settings)
+    return home
+
+
+@pytest.fixture
+def use_catalog_home(catalog_home, monkeypatch):
+    """Point EMBER_HOME at the shared session home (for code that reads the environment)."""
+    monkeypatch.setenv("EMBER_HOME", str(catalog_home))
+    monkeypatch.delenv("EMBER_DATABASE_URL", raising=False)
+    return catalog_home
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(catalog_home) -> Path:
+    from ember.config import Settings
+    from ember.store import registry
+
+    return registry.materialize("smollm2-135m-instruct", Settings(home=catalog_home))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(catalog_home) -> Path:
+    from ember.config import Settings
+    from ember.store import registry
+
+    return registry.materialize("minilm-l6-v2", Settings(home=catalog_home))
+
+
+@pytest.fixture
+def run_cli():
+    def run(*args, env=None, timeout=600, input=None, check=False):
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run([EMBER_BIN, *map(str, args)], capture_output=True, text=True, env=full_env,
+                              timeout=timeout, input=input, check=check)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A real (tiny, random) Llama HF folder: config.json + model.safetensors + generation_config.json."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def pickle_only_dir(tmp_path):
+    d = tmp_path / "pickled"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle but named like one")
+    return d
+
+
+@pytest.fixture(scope="session")
+def ember_bin() -> str:
+    return EMBER_BIN
