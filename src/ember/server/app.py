@@ -1,0 +1,170 @@
+"""The `ember serve` application: FastAPI app factory, model loading, middlewares, and the uvicorn runner.
+
+    ember serve                                     # smollm2-135m-instruct + minilm-l6-v2 on 127.0.0.1:8000
+    ember serve --model my-model@production --port 9000 --max-queue 64 --require-key
+
+`create_app(config)` returns the app; models load in a background thread after startup so /health answers
+at once and /ready turns 200 when every model is loaded. Routes live in routers: openai_api.router (/v1,
+/tokenize, /detokenize) and, when that module exists, ember.server.platform_api.router (/api, admin keys).
+A new capability adds its router to `ROUTERS` below, or calls `app.include_router` on the returned app.
+
+`serve(config)` runs uvicorn. SIGTERM/SIGINT: stop admitting (new requests get 503, queued ones still
+run), let in-flight requests finish for up to `shutdown_timeout` seconds, cancel what is left (each stream's
+cleanup aborts its engine request), close the engines, exit 0.
+"""
+
+import asyncio
+import importlib
+import logging
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from ember.config import Settings, get_settings
+from ember.server import errors, metrics as metrics_mod
+from ember.server.auth import Auth, require_scope
+from ember.server.middleware import BodyLimit, RequestLog
+from ember.server.pool import Pool
+
+log = logging.getLogger("ember.server")
+# Routers from other capabilities: (module, attribute); a module that has not landed yet is skipped.
+OPTIONAL_ROUTERS = [("ember.server.platform_api", "router")]
+
+
+@dataclass
+class ServeConfig:
+    models: list[str] = field(default_factory=list)  # empty: the two bundled catalog models
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_slots: int = 32  # sequences generating at once, per model
+    max_queue: int = 256  # requests waiting for a slot, per model; beyond it 429
+    max_seq_len: int = 2048
+    max_body_bytes: int = 4 * 1024 * 1024
+    require_key: bool = False
+    log_content: bool = False
+    shutdown_timeout: float = 30.0
+    quantize: str | None = None
+    settings: Settings | None = None
+
+
+def _load_models(app: FastAPI) -> None:
+    st = app.state
+    try:
+        st.pool.load()
+        log.info("ready: serving %s", ", ".join(st.pool.refs))
+    except Exception as e:  # noqa: BLE001 - any failure to load is fatal for the server
+        st.load_error = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+        if not hasattr(e, "message"):
+            log.exception("loading models failed")
+        log.error("cannot serve: %s", st.load_error)
+        if st.on_fatal is not None:
+            st.on_fatal()
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    loader = asyncio.get_running_loop().run_in_executor(None, _load_models, app)
+    app.state.loader = loader
+    yield
+    app.state.draining = True
+    if not loader.done():
+        await loader
+    app.state.pool.close()
+
+
+def create_app(config: ServeConfig | None = None) -> FastAPI:
+    config = config or ServeConfig()
+    settings = config.settings or get_settings()
+    app = FastAPI(title="Ember", version="0.1", lifespan=_lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    st = app.state
+    st.config, st.settings = config, settings
+    st.pool = Pool(config.models, settings, max_slots=config.max_slots, max_queue=config.max_queue,
+                   max_seq_len=config.max_seq_len, quantize=config.quantize)
+    st.metrics = metrics_mod.create(st.pool)
+    st.auth = Auth(settings, require_key=config.require_key)
+    st.log_content = config.log_content
+    st.draining = False
+    st.load_error = None
+    st.on_fatal = None
+    errors.install(app)
+    # Added innermost first: RequestLog wraps everything, so even a 413 is logged and counted.
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(RequestLog, metrics=st.metrics, log_content=config.log_content)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(request: Request):
+        if st.load_error:
+            return errors.error_response(503, f"model loading failed: {st.load_error}", "service_unavailable")
+        if st.draining:
+            return errors.error_response(503, "shutting down", "service_unavailable")
+        if not st.pool.ready:
+            loaded = [m.id for m in st.pool.all() if m.loaded]
+            return JSONResponse({**errors.error_body("models are loading", "service_unavailable"),
+                                 "loaded": loaded, "models": st.pool.refs}, status_code=503)
+        return {"status": "ready", "models": [m.id for m in st.pool.all()]}
+
+    @app.get("/metrics", dependencies=[Depends(require_scope("inference"))])
+    async def metrics_endpoint():
+        return Response(st.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    from ember.server import openai_api
+
+    app.include_router(openai_api.router)
+    for module, attr in OPTIONAL_ROUTERS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        app.include_router(getattr(mod, attr))
+    return app
+
+
+def configure_logging() -> None:
+    """Plain lines on stderr; request lines are JSON documents on the `ember.requests` logger."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ember", "uvicorn"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def serve(config: ServeConfig) -> int:
+    """Runs the server until SIGTERM/SIGINT; returns the process exit code (0 after a clean shutdown)."""
+    import uvicorn
+
+    configure_logging()
+    app = create_app(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if not app.state.draining:
+                log.info("shutdown requested: no new requests; waiting up to %.0fs for in-flight ones",
+                         config.shutdown_timeout)
+            app.state.draining = True
+            for m in app.state.pool.all():
+                m.admission.closed = True
+            super().handle_exit(sig, frame)
+
+    uv = uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False,
+                        timeout_graceful_shutdown=config.shutdown_timeout, lifespan="on",
+                        timeout_keep_alive=30)
+    server = Server(uv)
+
+    def fatal():
+        server.should_exit = True
+
+    app.state.on_fatal = fatal
+    server.run()
+    return 1 if app.state.load_error else 0

@@ -1,0 +1,160 @@
+"""One generation request as the server runs it: admission, the engine requests behind it (one per prompt),
+the merged stream of their deltas, abort on disconnect, and the metrics and log fields of the request.
+
+    curl -N localhost:8000/v1/completions -d '{"prompt": ["a", "b"], "n": 2, "stream": true}'
+
+`Run.events()` yields `(prompt_index, Delta)` in arrival order; Delta.index is the choice within its prompt.
+Requests go to the engine with `add_request` rather than `stream` so that a bad request fails before any
+response header is sent, and so that one abort path covers every way a request can end early (client gone,
+shutdown, an error while formatting). Beam search runs in a worker thread through `engine.beam_search`.
+"""
+
+import asyncio
+import time
+import uuid
+
+from ember.engine.sampling import SamplingParams
+from ember.engine.scheduler import Delta
+from ember.errors import InvalidRequest, Overloaded
+from ember.server.pool import ServedModel
+
+
+def check_context(served: ServedModel, ids: list[int], params: SamplingParams, param: str = "prompt") -> None:
+    """The engine checks this too; checking first means nothing is queued for a request that will fail."""
+    ctx = served.context_length
+    if len(ids) >= ctx:
+        raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model's context is {ctx} tokens",
+                             param=param, code="context_length_exceeded")
+    if params.max_tokens is not None and len(ids) + params.max_tokens > ctx:
+        raise InvalidRequest(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context "
+                             f"length {ctx}", param="max_tokens", code="context_length_exceeded")
+
+
+class Run:
+    def __init__(self, served: ServedModel, prompts: list[list[int]], params: SamplingParams, metrics, record: dict,
+                 request_id: str | None = None):
+        self.served, self.prompts, self.params, self.metrics, self.record = served, prompts, params, metrics, record
+        self.request_id = request_id or uuid.uuid4().hex
+        self.units = len(prompts) * (1 if params.use_beam_search else params.n)
+        self.t_arrival = time.perf_counter()
+        self.t_admitted = self.t_first = self.t_last = None
+        self.prompt_tokens = self.completion_tokens = self.streamed_tokens = 0
+        self.finish_reasons: list[str] = []
+        self._pending: set[str] = set()
+        self._admitted = False
+        self.aborted = False
+        self._closed = False
+        self._q: asyncio.Queue | None = None
+
+    async def admit(self) -> None:
+        """Waits for room (or raises Overloaded at once when the queue is full)."""
+        try:
+            await self.served.admission.acquire(self.units)
+        except Overloaded:
+            self.metrics.rejected.labels(self.served.id).inc()
+            raise
+        self._admitted = True
+        self.t_admitted = time.perf_counter()
+        self.metrics.queue_time.labels(self.served.id).observe(self.t_admitted - self.t_arrival)
+
+    def start(self) -> None:
+        """Queues the engine requests (idempotent); raises at once for a request the engine refuses."""
+        if self._q is not None:
+            return
+        loop = asyncio.get_running_loop()
+        q = self._q = asyncio.Queue()
+        engine = self.served.engine
+        for pi, ids in enumerate(self.prompts):
+            rid = f"{self.request_id}-{pi}"
+            if self.params.use_beam_search:
+                self._pending.add(rid)
+                fut = loop.run_in_executor(None, engine.beam_search, ids, self.params)
+                fut.add_done_callback(lambda f, pi=pi, rid=rid: q.put_nowait(("beam", pi, rid, f)))
+                continue
+            cb = (lambda d, pi=pi: loop.call_soon_threadsafe(q.put_nowait, ("delta", pi, None, d)))
+            try:
+                engine.add_request(ids, self.params, cb, request_id=rid)
+            except BaseException:
+                self._abort_pending()
+                raise
+            self._pending.add(rid)
+
+    async def events(self):
+        """Yields (prompt_index, Delta) until every choice of every prompt finished."""
+        self.start()
+        q = self._q
+        try:
+            while self._pending:
+                kind, pi, rid, item = await q.get()
+                if kind == "beam":
+                    self._pending.discard(rid)
+                    comp = item.result()  # re-raises an error of the beam search itself
+                    for c in comp.choices:
+                        last = c.index == len(comp.choices) - 1
+                        d = Delta(comp.request_id, c.index, c.text, c.token_ids, c.logprobs, c.finish_reason,
+                                  comp.usage if last else None)
+                        self._observe(d)
+                        yield pi, d
+                    continue
+                d: Delta = item
+                self._observe(d)
+                if d.usage is not None:
+                    self._pending.discard(f"{self.request_id}-{pi}")
+                yield pi, d
+        finally:
+            self._abort_pending()
+
+    def _observe(self, d: Delta) -> None:
+        now = time.perf_counter()
+        if d.token_ids:
+            self.streamed_tokens += len(d.token_ids)
+            if self.t_first is None:
+                self.t_first = now
+                self.metrics.ttft.labels(self.served.id).observe(now - self.t_arrival)
+            self.t_last = now
+        if d.finish_reason:
+            self.finish_reasons.append(d.finish_reason)
+        if d.usage is not None:
+            self.prompt_tokens += d.usage.prompt_tokens
+            self.completion_tokens += d.usage.completion_tokens
+
+    def _abort_pending(self) -> None:
+        if self._pending:
+            self.aborted = True
+            for rid in list(self._pending):
+                self.served.engine.abort(rid)  # a no-op for a beam search, which cannot be stopped
+            self._pending.clear()
+
+    def close(self, status: int = 200) -> None:
+        """Releases the admission slot and records metrics + log fields; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._abort_pending()
+        if self._admitted:
+            self.served.admission.release(self.units)
+        m, name = self.metrics, self.served.id
+        end = time.perf_counter()
+        if status >= 400:
+            pass
+        elif self.aborted:
+            m.aborted.labels(name).inc()
+        else:
+            for reason in self.finish_reasons:
+                m.success.labels(name, reason).inc()
+            m.e2e.labels(name).observe(end - self.t_arrival)
+            seqs = max(1, len(self.finish_reasons))
+            per_seq = self.completion_tokens / seqs
+            if self.t_first is not None and per_seq > 1:
+                m.tpot.labels(name).observe((self.t_last - self.t_first) / (per_seq - 1))
+        if self.aborted:  # no usage arrived: count what was generated before the abort
+            self.completion_tokens = max(self.completion_tokens, self.streamed_tokens)
+            self.prompt_tokens = self.prompt_tokens or sum(len(p) for p in self.prompts)
+        m.prompt_tokens.labels(name).inc(self.prompt_tokens)
+        m.generation_tokens.labels(name).inc(self.completion_tokens)
+        self.record.update({
+            "model": name, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "finish_reasons": sorted(set(self.finish_reasons)), "aborted": self.aborted,
+            "queue_s": None if self.t_admitted is None else round(self.t_admitted - self.t_arrival, 4),
+            "ttft_s": None if self.t_first is None else round(self.t_first - self.t_arrival, 4),
+            "e2e_s": round(end - self.t_arrival, 4)})

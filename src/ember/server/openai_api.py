@@ -1,0 +1,280 @@
+"""The OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings, and vLLM's
+/tokenize and /detokenize.
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="ember-...")   # any string when keys are off
+    client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Hi"}])
+
+Streams are Server-Sent Events exactly as OpenAI sends them: `data: {json}\\n\\n` per chunk, the role in the
+first chat delta of each choice, `data: [DONE]\\n\\n` last. Response shapes are built in `formats.py`.
+"""
+
+import asyncio
+import base64
+import json
+import struct
+import time
+import uuid
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import StreamingResponse
+
+from ember.engine.sampling import SamplingParams
+from ember.errors import EmberError, InvalidRequest
+from ember.server import formats
+from ember.server.auth import require_scope
+from ember.server.errors import NotReady, error_body
+from ember.server.generation import Run, check_context
+from ember.server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
+                                  TokenizeRequest)
+
+router = APIRouter(dependencies=[Depends(require_scope("inference"))])
+
+
+class SSEResponse(StreamingResponse):
+    media_type = "text/event-stream"
+    on_close = None
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # However the response ended (client gone, shutdown), close the generator now so its
+            # `finally` aborts the engine requests and frees their slots immediately; on_close covers a
+            # generator that never started (its `finally` would not run).
+            await self.body_iterator.aclose()
+            if self.on_close is not None:
+                self.on_close()
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _state(request: Request):
+    return request.app.state
+
+
+def _served(request: Request, name: str | None, kind: str):
+    st = _state(request)
+    if st.draining:
+        raise NotReady("the server is shutting down")
+    served = st.pool.get(name, kind) if st.pool.models else None
+    if served is None or not served.loaded:
+        raise NotReady("models are still loading; see /ready")
+    return served
+
+
+# ----- models -----
+@router.get("/v1/models")
+async def list_models(request: Request):
+    return {"object": "list", "data": [formats.model_card(m) for m in _state(request).pool.all()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request):
+    pool = _state(request).pool
+    for kind in ("generate", "embed"):
+        try:
+            return formats.model_card(pool.get(model_id, kind))
+        except InvalidRequest:  # served, but of the other kind
+            continue
+    raise AssertionError("unreachable")
+
+
+# ----- generation -----
+def _sampling(body, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    try:
+        bias = {int(k): float(v) for k, v in (body.logit_bias or {}).items()}
+    except ValueError:
+        raise InvalidRequest("logit_bias keys must be token ids", param="logit_bias") from None
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    kw = dict(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
+              top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0, min_p=body.min_p or 0.0,
+              repetition_penalty=body.repetition_penalty or 1.0, presence_penalty=body.presence_penalty,
+              frequency_penalty=body.frequency_penalty, logit_bias=bias, seed=body.seed, stop=stop,
+              stop_token_ids=list(body.stop_token_ids or []), ignore_eos=body.ignore_eos, n=body.n,
+              logprobs=logprobs, skip_special_tokens=body.skip_special_tokens)
+    if body.use_beam_search:
+        kw.update(use_beam_search=True, num_beams=max(body.best_of or 0, body.n, 2 if body.best_of else 4),
+                  length_penalty=body.length_penalty, early_stopping=body.early_stopping)
+    elif body.best_of and body.best_of > body.n:
+        kw.update(n=body.best_of, logprobs=max(logprobs or 0, 0))  # ranked by logprob, best n returned
+    return SamplingParams(**kw)
+
+
+async def _collect(run: Run) -> dict[int, dict[int, formats.ChoiceAcc]]:
+    out: dict[int, dict[int, formats.ChoiceAcc]] = {}
+    async for pi, d in run.events():
+        out.setdefault(pi, {}).setdefault(d.index, formats.ChoiceAcc()).add(d)
+    return out
+
+
+async def _run_generation(request: Request, served, prompts, params, body, fmt: "formats.Formatter"):
+    st = _state(request)
+    record = request.state.log
+    run = Run(served, prompts, params, st.metrics, record, request_id=request.state.request_id)
+    try:
+        await run.admit()
+        if not body.stream:
+            try:
+                accs = await _collect(run)
+            finally:
+                run.close()
+            if st.log_content:
+                record["completion"] = [a.text for p in accs.values() for a in p.values()]
+            return fmt.full(accs, run, body.n)
+        run.start()  # engine errors surface here, before any header is sent
+        resp = SSEResponse(_stream(run, fmt, body, st.log_content),
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        resp.on_close = run.close
+        return resp
+    except BaseException:
+        run.close(status=400)
+        raise
+
+
+async def _stream(run: Run, fmt, body, log_content: bool):
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    texts: dict[tuple[int, int], str] = {}
+    try:
+        for chunk in fmt.stream_start(include_usage):
+            yield _sse(chunk)
+        async for pi, d in run.events():
+            if log_content:
+                texts[(pi, d.index)] = texts.get((pi, d.index), "") + d.text
+            for chunk in fmt.stream_delta(pi, d, include_usage):
+                yield _sse(chunk)
+        if include_usage:
+            yield _sse(fmt.usage_chunk(run))
+        yield "data: [DONE]\n\n"
+    except EmberError as e:  # after the headers went out, an error can only be reported in the stream
+        run.record["error"] = e.message
+        yield _sse(error_body(e.message, e.type, e.param, e.code))
+        yield "data: [DONE]\n\n"
+    finally:
+        if log_content:
+            run.record["completion"] = [texts[k] for k in sorted(texts)]
+        run.close()
+
+
+def _prompt_ids(engine, prompt) -> list[list[int]]:
+    if isinstance(prompt, str):
+        return [engine.encode(prompt)]
+    if prompt and isinstance(prompt[0], int):
+        return [engine.encode(list(prompt))]
+    return [engine.encode(p if isinstance(p, str) else list(p)) for p in prompt]
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    served = _served(request, body.model, "generate")
+    if body.suffix:
+        raise InvalidRequest("suffix is not supported", param="suffix")
+    if body.echo and body.logprobs is not None:
+        raise InvalidRequest("echo together with logprobs is not supported", param="echo")
+    engine = served.engine
+    prompts = _prompt_ids(engine, body.prompt)
+    params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens, body.logprobs)
+    for ids in prompts:
+        check_context(served, ids, params)
+    if _state(request).log_content:
+        request.state.log["prompt"] = body.prompt
+    fmt = formats.CompletionFormat(served, prompts, body)
+    return await _run_generation(request, served, prompts, params, body, fmt)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    served = _served(request, body.model, "generate")
+    engine = served.engine
+    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in body.messages]
+    ids = engine.chat_prompt(messages, add_generation_prompt=body.add_generation_prompt)
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    params = _sampling(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
+    check_context(served, ids, params, param="messages")
+    if _state(request).log_content:
+        request.state.log["prompt"] = messages
+    fmt = formats.ChatFormat(served, [ids], body)
+    return await _run_generation(request, served, [ids], params, body, fmt)
+
+
+# ----- embeddings, tokenize, detokenize -----
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request):
+    served = _served(request, body.model, "embed")
+    inputs = [body.input] if isinstance(body.input, str) or (body.input and isinstance(body.input[0], int)) \
+        else list(body.input)
+    if any(isinstance(x, str) and not x for x in inputs):
+        raise InvalidRequest("input strings must not be empty", param="input")
+    vocab = len(served.tokenizer)
+    if any(isinstance(x, list) and any(not 0 <= t < vocab for t in x) for x in inputs):
+        raise InvalidRequest("input token id out of range", param="input")
+    t0 = time.perf_counter()
+    async with served.admission.slot():
+        vecs, counts = await asyncio.get_running_loop().run_in_executor(None, _embed_locked, served, inputs)
+    dim = len(vecs[0]) if vecs else 0
+    if body.dimensions is not None and body.dimensions != dim:
+        raise InvalidRequest(f"this model's embeddings have {dim} dimensions; it cannot shorten them",
+                             param="dimensions")
+    m = _state(request).metrics
+    m.prompt_tokens.labels(served.id).inc(sum(counts))
+    m.e2e.labels(served.id).observe(time.perf_counter() - t0)
+    request.state.log.update({"model": served.id, "prompt_tokens": sum(counts), "inputs": len(inputs)})
+
+    def encode(v):
+        if body.encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
+        return v
+
+    return {"object": "list", "model": served.id,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vecs)],
+            "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}}
+
+
+def _embed_locked(served, inputs):
+    with served.lock:  # one embedding batch at a time per model; they are quick and memory stays bounded
+        return served.encoder.embed(inputs)
+
+
+def _any_served(request: Request, name: str | None):
+    pool = _state(request).pool
+    if not name and len(pool.models) > 1:
+        return _served(request, None, "generate")
+    for kind in ("generate", "embed"):
+        try:
+            return _served(request, name, kind)
+        except InvalidRequest:
+            continue
+    raise AssertionError("unreachable")
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request):
+    served = _any_served(request, body.model)
+    tok = served.tokenizer
+    if body.messages is not None:
+        if served.engine is None:
+            raise InvalidRequest("this model has no chat template", param="messages")
+        ids = served.engine.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages],
+                                        add_generation_prompt=body.add_generation_prompt)
+    else:
+        ids = tok(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
+    request.state.log["model"] = served.id
+    return {"tokens": list(ids), "count": len(ids), "max_model_len": served.context_length,
+            "token_strs": tok.convert_ids_to_tokens(list(ids))}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request):
+    served = _any_served(request, body.model)
+    vocab = len(served.tokenizer)
+    bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise InvalidRequest(f"token id {bad} is out of range (vocabulary of {vocab})", param="tokens")
+    request.state.log["model"] = served.id
+    return {"prompt": served.tokenizer.decode(body.tokens)}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"

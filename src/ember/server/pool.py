@@ -1,0 +1,150 @@
+"""The models one `ember serve` process serves, and how a request's `model` field finds one of them.
+
+    ember serve --model smollm2-135m-instruct --model minilm-l6-v2 --model my-model@production
+
+A served model's id (in /v1/models and in responses) is the reference it was started with, exactly as
+typed: that is the name clients already know. A request may also name it by any other reference to the
+same version (`name`, `name:N`, `name@alias`); those are resolved through the registry (cached briefly)
+and matched by version. Decoder models (llama, mistral, gpt2) serve completions and chat; encoder models
+(BERT family) serve embeddings.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ember.errors import EmberError, InvalidRequest, NotFound, Unsupported
+from ember.server.admission import Admission
+
+log = logging.getLogger("ember.server")
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2"}
+DEFAULT_MODELS = ["smollm2-135m-instruct", "minilm-l6-v2"]
+
+
+@dataclass
+class ServedModel:
+    id: str  # the reference as given on the command line
+    ref: str  # name:N it resolved to at start
+    kind: str  # "generate" | "embed"
+    metadata: dict
+    created: int
+    admission: Admission
+    engine: object | None = None
+    encoder: object | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer if self.engine is not None else self.encoder.tokenizer
+
+    @property
+    def context_length(self) -> int:
+        if self.engine is not None:
+            return int(self.engine.context_length)
+        return int(getattr(self.encoder, "max_length", 512))
+
+    @property
+    def loaded(self) -> bool:
+        return self.engine is not None or self.encoder is not None
+
+
+def model_kind(metadata: dict) -> str:
+    from ember.models.loading import DECODERS
+
+    mtype = (metadata.get("model_type") or "").lower()
+    if mtype in DECODERS:
+        return "generate"
+    if mtype in ENCODER_TYPES:
+        return "embed"
+    raise Unsupported(f"model_type {mtype or '(unknown)'!r} cannot be served: Ember serves decoders "
+                      f"({', '.join(sorted(DECODERS))}) and BERT-family encoders")
+
+
+def resolve_or_pull(ref: str, settings):
+    """The registry version behind `ref`; a bundled catalog name not yet in the registry is pulled first."""
+    from ember.store import importers, registry
+
+    try:
+        return registry.resolve(ref, settings)
+    except NotFound:
+        if ref not in importers.CATALOG:
+            raise
+        log.info("pulling %s from the bundled catalog (first start: this takes a minute)", ref)
+        return importers.pull(ref, settings)
+
+
+class Pool:
+    def __init__(self, refs: list[str], settings, *, max_slots: int, max_queue: int, max_seq_len: int,
+                 quantize: str | None = None):
+        self.refs = list(dict.fromkeys(refs or DEFAULT_MODELS))
+        self.settings = settings
+        self.max_slots, self.max_queue, self.max_seq_len, self.quantize = max_slots, max_queue, max_seq_len, quantize
+        self.models: dict[str, ServedModel] = {}
+        self._alias_cache: dict[str, tuple[float, str | None]] = {}
+
+    def all(self) -> list[ServedModel]:
+        return list(self.models.values())
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and len(self.models) == len(self.refs) and all(m.loaded for m in self.models.values())
+
+    def load(self) -> None:
+        """Resolve (pulling catalog models when needed) and load every model; runs in a background thread."""
+        for ref in self.refs:
+            t = time.perf_counter()
+            info = resolve_or_pull(ref, self.settings)
+            kind = model_kind(info.metadata)
+            served = ServedModel(ref, info.ref, kind, info.metadata, int(info.created_at.timestamp()),
+                                 Admission(self.max_slots if kind == "generate" else 4, self.max_queue))
+            if kind == "generate":
+                from ember.engine.engine import Engine
+
+                served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
+                                            max_seq_len=self.max_seq_len, quantize=self.quantize)
+            else:
+                from ember.server.embeddings import load_encoder
+
+                served.encoder = load_encoder(info.ref, self.settings)
+            self.models[ref] = served
+            log.info("loaded %s (%s, %s) in %.1fs", ref, info.ref, kind, time.perf_counter() - t)
+
+    def close(self) -> None:
+        for m in self.models.values():
+            if m.engine is not None:
+                m.engine.close()
+
+    def _version_of(self, name: str) -> str | None:
+        now = time.monotonic()
+        hit = self._alias_cache.get(name)
+        if hit and now - hit[0] < 5:
+            return hit[1]
+        from ember.store import registry
+
+        try:
+            ref = registry.resolve(name, self.settings).ref
+        except EmberError:
+            ref = None
+        self._alias_cache[name] = (now, ref)
+        return ref
+
+    def get(self, name: str | None, kind: str) -> ServedModel:
+        """The served model a request names (or the only one of `kind` when it names none)."""
+        if not name:
+            of_kind = [m for m in self.models.values() if m.kind == kind]
+            if len(of_kind) == 1:
+                return of_kind[0]
+            raise InvalidRequest("the 'model' parameter is required", param="model")
+        served = self.models.get(name)
+        if served is None:
+            version = self._version_of(name)
+            served = next((m for m in self.models.values() if version and m.ref == version), None)
+        if served is None:
+            raise NotFound(f"the model {name!r} does not exist or is not served here (see /v1/models)",
+                           param="model", code="model_not_found")
+        if served.kind != kind:
+            what = "completions and chat" if kind == "generate" else "embeddings"
+            raise InvalidRequest(f"the model {served.id!r} does not serve {what}", param="model",
+                                 code="model_not_supported")
+        return served
