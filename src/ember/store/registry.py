@@ -44,6 +44,7 @@ class VersionInfo:
     parent: str | None
     created_at: datetime
     lineage: list[str] = field(default_factory=list)  # parent chain, nearest first
+    evals: list[dict] = field(default_factory=list)  # newest evaluation run per task (ember.store.evals)
 
     @property
     def ref(self) -> str:
@@ -109,7 +110,13 @@ def _info(s, v: db.Version) -> VersionInfo:
         files={f.path: f.digest for f in sorted(v.files, key=lambda f: f.path)},
         sizes={f.path: f.size for f in v.files}, aliases=aliases,
         tags={t.key: t.value for t in sorted(v.tags, key=lambda t: t.key)}, parent=v.parent,
-        created_at=_aware(v.created_at), lineage=lineage)
+        created_at=_aware(v.created_at), lineage=lineage, evals=_evals_summary(s, v))
+
+
+def _evals_summary(s, v: db.Version) -> list[dict]:
+    from ember.store import evals  # evals imports this module
+
+    return evals.summary(s, v.id, f"{v.model.name}:{v.number}")
 
 
 def _aware(t: datetime) -> datetime:
