@@ -25,6 +25,8 @@ class Detokenizer:
         self.stopped = False
 
     def _decode(self, ids: list[int]) -> str:
+        if self.tok is None:  # a model folder without a tokenizer: token ids only
+            return ""
         return self.tok.decode(ids, skip_special_tokens=self.skip, clean_up_tokenization_spaces=False)
 
     def add(self, token_id: int) -> str:

@@ -83,9 +83,11 @@ class Engine:
 
     # ----- prompts -----
     def encode(self, prompt: str | list[int]) -> list[int]:
+        if not isinstance(prompt, list) and self.tokenizer is None:
+            raise InvalidRequest("this model has no tokenizer; give the prompt as token ids", param="prompt")
         ids = list(prompt) if isinstance(prompt, list) else self.tokenizer(prompt)["input_ids"]
         if not ids:
-            bos = self.tokenizer.bos_token_id
+            bos = self.tokenizer.bos_token_id if self.tokenizer is not None else None
             if bos is None:
                 raise InvalidRequest("the prompt is empty", param="prompt")
             ids = [bos]
@@ -99,7 +101,7 @@ class Engine:
     def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
         """Renders messages with the model's own chat template (transformers renders it in a sandboxed
         Jinja environment) and returns token ids; the template already holds any special tokens."""
-        if not getattr(self.tokenizer, "chat_template", None):
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequest("this model has no chat template; use a plain completion instead")
         try:
             text = self.tokenizer.apply_chat_template(messages, tokenize=False,
@@ -196,7 +198,8 @@ class Engine:
             beams = beam.beam_search(self.model, ids, params, max_tokens, self.eos_ids)
         choices = []
         for i, (toks, reason) in enumerate(beams[: params.n]):
-            text = self.tokenizer.decode(toks, skip_special_tokens=params.skip_special_tokens)
+            text = (self.tokenizer.decode(toks, skip_special_tokens=params.skip_special_tokens)
+                    if self.tokenizer is not None else "")
             choices.append(Choice(i, text, toks, reason))
         from ember.engine.scheduler import Usage
 

@@ -32,7 +32,7 @@ class LoadedModel:
     def eos_token_ids(self) -> list[int]:
         ids = self.generation_config.get("eos_token_id", self.config.get("eos_token_id"))
         ids = [] if ids is None else ids if isinstance(ids, list) else [ids]
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
             ids.append(self.tokenizer.eos_token_id)
         return ids
 
@@ -70,7 +70,12 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def load_tokenizer(folder: Path):
+    """None for a folder without tokenizer files (tiny test models): the engine then takes token ids only."""
     from transformers import AutoTokenizer
+
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
+    if not any((folder / n).exists() for n in names):
+        return None
 
     try:
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)

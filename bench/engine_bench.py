@@ -1,0 +1,133 @@
+"""Engine benchmark: Ember vs transformers `generate` (static batch) on the same prompts, in one run.
+
+    .venv/bin/python bench/engine_bench.py [--model /tmp/smol_hf] [--threads 2] [--new-tokens 128] [--int8]
+
+Measures single-stream decode tok/s and aggregate tok/s for 8 and 32 concurrent requests of --new-tokens
+new tokens each (greedy, EOS ignored so every request produces exactly that many), prints both and the
+ratio, and the engine's resident memory with 32 slots x 2048 positions. With --int8 it also runs the int8
+weight path and compares perplexity with fp32 on the same text.
+"""
+
+import argparse
+import math
+import os
+import time
+
+import torch
+
+from ember.engine.engine import Engine
+from ember.engine.sampling import SamplingParams
+
+TOPICS = ["the ocean", "a small village", "machine learning", "the history of Rome", "cooking pasta",
+          "a robot", "the moon", "winter mornings", "a jazz musician", "mountain climbing", "ancient Egypt",
+          "a lighthouse keeper", "the stock market", "honey bees", "a detective", "electric cars"]
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Write a short story about {TOPICS[i % len(TOPICS)]} (part {i // len(TOPICS) + 1}):" for i in range(n)]
+
+
+def rss_gib() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def bench_ember(engine: Engine, n: int, new: int) -> float:
+    p = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True)
+    engine.generate(prompts(1), SamplingParams(temperature=0, max_tokens=4))  # warm-up
+    t = time.perf_counter()
+    outs = engine.generate(prompts(n), p)
+    dt = time.perf_counter() - t
+    assert all(len(o.choices[0].token_ids) == new for o in outs)
+    return n * new / dt
+
+
+def bench_hf(model, tok, n: int, new: int) -> float:
+    tok.padding_side = "left"
+    enc = tok(prompts(n), return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        model.generate(**enc, max_new_tokens=4, do_sample=False)  # warm-up
+        t = time.perf_counter()
+        out = model.generate(**enc, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        dt = time.perf_counter() - t
+    return (out.shape[1] - enc["input_ids"].shape[1]) * n / dt
+
+
+def perplexity(engine: Engine, text: str) -> float:
+    """Teacher-forced perplexity of `text` through the engine's own decoder (one prefill)."""
+    from ember.engine.kv_cache import make_batch
+
+    ids = engine.encode(text)[: engine.context_length - 1]
+    cache = engine.model.make_cache(1, len(ids) + 1)
+    with torch.inference_mode():
+        b = make_batch([], [(0, 0, ids)], [False])
+        b.logit_index = torch.arange(len(ids) - 1)
+        logits = engine.model.forward(b, cache)
+        nll = torch.nn.functional.cross_entropy(logits.float(), torch.tensor(ids[1:]))
+    return math.exp(float(nll))
+
+
+PPL_TEXT = ("The history of science is the study of the development of science and scientific knowledge, "
+            "including both the natural and social sciences. Science is a body of empirical, theoretical, and "
+            "practical knowledge about the natural world, produced by scientists who emphasize the observation, "
+            "explanation, and prediction of real-world phenomena. The earliest roots of science can be traced to "
+            "Ancient Egypt and Mesopotamia in around 3000 to 1200 BCE. Their contributions to mathematics, "
+            "astronomy, and medicine entered and shaped Greek natural philosophy of classical antiquity, whereby "
+            "formal attempts were made to provide explanations of events in the physical world based on natural "
+            "causes. After the fall of the Western Roman Empire, knowledge of Greek conceptions of the world "
+            "deteriorated in Western Europe during the early centuries of the Middle Ages but was preserved in "
+            "the Muslim world during the Islamic Golden Age. The recovery and assimilation of Greek works and "
+            "Islamic inquiries into Western Europe from the 10th to 13th century revived natural philosophy, "
+            "which was later transformed by the Scientific Revolution that began in the 16th century as new "
+            "ideas and discoveries departed from previous Greek conceptions and traditions.")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=os.environ.get("EMBER_BENCH_MODEL", "/tmp/smol_hf"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--int8", action="store_true", help="also measure the int8 weight path")
+    ap.add_argument("--skip-hf", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    rows = []
+    engine = Engine.load(a.model, max_slots=32, max_seq_len=2048)
+    ember = {n: bench_ember(engine, n, a.new_tokens) for n in (1, 8, 32)}
+    rss = rss_gib()
+    ppl32 = perplexity(engine, PPL_TEXT)
+    engine.close()
+    del engine
+    int8 = {}
+    if a.int8:
+        q = Engine.load(a.model, max_slots=32, max_seq_len=2048, quantize="int8")
+        int8 = {n: bench_ember(q, n, a.new_tokens) for n in (1, 8, 32)}
+        ppl8 = perplexity(q, PPL_TEXT)
+        q.close()
+        del q
+    hf = {}
+    if not a.skip_hf:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(a.model)
+        hf = {n: bench_hf(model, tok, n, a.new_tokens) for n in (1, 8, 32)}
+    print(f"\nSmolLM2 engine bench: {a.new_tokens} new tokens per request, {a.threads} threads, greedy, fp32")
+    print(f"| concurrent requests | Ember fp32 tok/s | transformers generate tok/s | ratio |"
+          + (" Ember int8 tok/s |" if int8 else ""))
+    print("|---|---|---|---|" + ("---|" if int8 else ""))
+    for n in (1, 8, 32):
+        h = hf.get(n)
+        rows.append(f"| {n} | {ember[n]:.1f} | {h:.1f} | {ember[n] / h:.2f}x |" if h else
+                    f"| {n} | {ember[n]:.1f} | - | - |")
+        if int8:
+            rows[-1] += f" {int8[n]:.1f} |"
+    print("\n".join(rows))
+    print(f"Engine RSS after the runs (32 slots x 2048 reserved, untouched pages not resident): {rss:.2f} GiB")
+    print(f"Perplexity fp32: {ppl32:.3f}" + (f"; int8: {ppl8:.3f} ({(ppl8 / ppl32 - 1) * 100:+.2f}%)" if int8 else ""))
+
+
+if __name__ == "__main__":
+    main()
