@@ -1,0 +1,123 @@
+"""Platform API: the registry's versions, evaluation runs and eval-gated promotion over HTTP, admin keys only.
+
+    curl -H "Authorization: Bearer $ADMIN_KEY" localhost:8000/api/models/smollm2-135m-instruct
+    curl -H "Authorization: Bearer $ADMIN_KEY" 'localhost:8000/api/evals?ref=smollm2-135m-instruct'
+    curl -H "Authorization: Bearer $ADMIN_KEY" -X POST localhost:8000/api/evals \\
+         -d '{"ref": "smollm2-135m-instruct", "task": "builtin:generate", "limit": 4}'
+    curl -H "Authorization: Bearer $ADMIN_KEY" -X POST \\
+         localhost:8000/api/models/my-model/aliases/production/promote \\
+         -d '{"version": 2, "gates": ["bleu>=current", "perplexity<=current*1.02"]}'
+
+Included by ember.server.app when present. Handlers are plain `def` (FastAPI runs them in its thread pool) so
+database work and evaluations never block the event loop. Everything reads and writes the registry database,
+so results survive restarts and are shared by every replica. Over HTTP an evaluation takes builtin tasks
+only: a path would let a client make the server read any YAML/JSONL file it can see.
+"""
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from ember.errors import InvalidRequest
+from ember.server.auth import require_scope
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_scope("admin"))])
+
+
+def _settings(request: Request):
+    return request.app.state.settings
+
+
+class EvalRequest(BaseModel):
+    ref: str
+    task: str = Field(description="builtin:perplexity | builtin:generate | builtin:classify | builtin:tag")
+    limit: int | None = Field(default=None, ge=1)
+
+
+class AliasRequest(BaseModel):
+    version: int | str
+
+
+class PromoteRequest(BaseModel):
+    version: int | str
+    gates: list[str] = Field(default_factory=list)
+
+
+@router.get("/models")
+def list_models(request: Request, name: str | None = None):
+    from ember.store import registry
+
+    return {"data": [v.to_dict() for v in registry.list_versions(name, _settings(request))]}
+
+
+@router.get("/models/{ref}")
+def show_model(ref: str, request: Request):
+    from ember.store import registry
+
+    return registry.resolve(ref, _settings(request)).to_dict()
+
+
+@router.get("/models/{name}/aliases/{alias}/history")
+def alias_history(name: str, alias: str, request: Request):
+    from ember.store import registry
+
+    return {"data": registry.alias_history(name, alias, _settings(request))}
+
+
+@router.put("/models/{name}/aliases/{alias}")
+def set_alias(name: str, alias: str, body: AliasRequest, request: Request):
+    from ember.store import registry
+
+    return registry.set_alias(name, alias, body.version, settings=_settings(request)).to_dict()
+
+
+@router.post("/models/{name}/aliases/{alias}/promote")
+def promote(name: str, alias: str, body: PromoteRequest, request: Request):
+    """200 with the decision when the alias moved; 409 with the decision and the failing gates when refused."""
+    from ember.evaluate.gates import promote as do_promote
+
+    d = do_promote(name, alias, body.version, body.gates, settings=_settings(request))
+    if d.moved:
+        return d.to_dict()
+    message = f"promotion refused, {d.alias} stays at {d.current}: " + "; ".join(g.message for g in d.failed)
+    return JSONResponse({"error": {"message": message, "type": "gate_failed", "param": "gates", "code": None},
+                         "decision": d.to_dict()}, status_code=409)
+
+
+@router.get("/evals")
+def list_evals(request: Request, ref: str, task: str | None = None):
+    from ember.store import evals
+
+    return {"data": evals.runs(ref, task, _settings(request))}
+
+
+@router.get("/evals/compare")
+def compare(request: Request, a: str, b: str, task: str | None = None):
+    """Stored results only (an evaluation is a POST)."""
+    from ember.evaluate.report import compare_rows
+    from ember.store import evals, registry
+
+    st = _settings(request)
+    rows = compare_rows(evals.runs(a, task, st), evals.runs(b, task, st))
+    return {"a": registry.resolve(a, st).ref, "b": registry.resolve(b, st).ref, "rows": rows}
+
+
+@router.get("/evals/{run_id}")
+def get_eval(run_id: int, request: Request, outputs: bool = False):
+    from ember.store import evals
+
+    r = evals.get(run_id, _settings(request))
+    if outputs:
+        r["outputs"] = evals.outputs(r, _settings(request))
+    return r
+
+
+@router.post("/evals")
+def run_eval(body: EvalRequest, request: Request):
+    from ember.evaluate import runner
+    from ember.evaluate.tasks import load_task
+
+    if not body.task.startswith("builtin:"):
+        raise InvalidRequest("over HTTP, task must be a builtin task (builtin:NAME); run other task files with "
+                             "`ember eval REF --task FILE.yaml` on the server", param="task")
+    return runner.run(body.ref, load_task(body.task), settings=_settings(request), limit=body.limit)

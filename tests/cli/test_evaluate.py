@@ -1,0 +1,84 @@
+"""`ember eval` and `ember models promote` through the real console script (tiny model, fresh EMBER_HOME)."""
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+def tiny_model(ember_home, tiny_folder):
+    from ember.store import registry
+
+    registry.register_folder(tiny_folder, "tiny")
+    registry.register_folder(tiny_folder, "tiny")
+    return "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(smollm2_dir, tmp_path_factory):
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama-cli")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        if (smollm2_dir / name).exists():
+            shutil.copy(smollm2_dir / name, out / name)
+    return out
+
+
+def test_eval_compare_report_promote(tiny_model, run_cli, tmp_path):
+    task = tmp_path / "t.yaml"
+    (tmp_path / "d.jsonl").write_text('{"q": "Say hi", "a": "hi"}\n{"q": "Say yes", "a": "yes"}\n')
+    task.write_text("data: d.jsonl\nprompt: '{q}'\nchat: true\nreference: a\nmax_tokens: 3\n"
+                    "metrics: [bleu, exact_match]\n")
+    r = run_cli("eval", "tiny:1", "--task", task, "--json")
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)
+    assert set(run["metrics"]) == {"bleu", "exact_match"} and run["ref"] == "tiny:1"
+
+    # compare runs what B lacks, then prints both side by side
+    r = run_cli("eval", "compare", "tiny:1", "tiny:2", "--task", task, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert {x["metric"] for x in rows} == {"bleu", "exact_match"} and all(x["diff"] == 0 for x in rows)
+    r = run_cli("eval", "compare", "tiny:1", "tiny:2", "--task", task)
+    assert r.returncode == 0 and "bleu" in r.stdout
+
+    shown = json.loads(run_cli("models", "show", "tiny:1", "--json").stdout)
+    assert shown["evals"][0]["metrics"] == run["metrics"]
+
+    r = run_cli("eval", "report", "tiny:2", "--out", tmp_path / "rep", "--json")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "rep" / "report.html").read_text().count("tiny:2") >= 1
+    assert (tmp_path / "rep" / "history.png").read_bytes()[:4] == b"\x89PNG"
+
+    assert run_cli("models", "alias", "tiny@production", "1").returncode == 0
+    r = run_cli("models", "promote", "tiny@production", "2", "--gate", "bleu>=current+1")
+    assert r.returncode != 0
+    assert "bleu>=current+1" in r.stderr and "off by 1" in r.stderr and "stays at tiny:1" in r.stderr
+    assert json.loads(run_cli("models", "show", "tiny@production", "--json").stdout)["number"] == 1
+    r = run_cli("models", "promote", "tiny@production", "2", "--gate", "bleu>=current", "--gate",
+                "exact_match>=current*1.0")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(run_cli("models", "show", "tiny@production", "--json").stdout)["number"] == 2
+    hist = json.loads(run_cli("models", "history", "tiny@production", "--json").stdout)
+    assert [h["action"] for h in hist] == ["move", "promote_refused", "promote"]
+
+
+def test_eval_errors_are_one_line(tiny_model, run_cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: d.jsonl\nprompt: '{q}'\nreferense: a\n")
+    r = run_cli("eval", "tiny", "--task", bad)
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "'referense'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("eval", "tiny", "--task", "builtin:nope")
+    assert r.returncode == 3
+    r = run_cli("models", "promote", "tiny@production", "1", "--gate", "bleu>=os.system('x')")
+    assert r.returncode == 2 and "cannot parse gate" in r.stderr
