@@ -46,7 +46,10 @@ def setup() -> DistInfo:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
-    if world > 1 and not cuda and "OMP_NUM_THREADS" not in os.environ:
+    threads = int(os.environ.get("EMBER_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)  # the user's choice (Settings.threads) wins
+    elif world > 1 and not cuda and "OMP_NUM_THREADS" not in os.environ:
         # Share the cores between the local processes instead of oversubscribing them.
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
