@@ -156,6 +156,9 @@ def serve(config: ServeConfig) -> int:
             for m in app.state.pool.all():
                 m.admission.closed = True
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once it has shut down (the process then dies of SIGTERM); a
+            # graceful shutdown is a normal end for us: exit 0.
+            self._captured_signals.clear()
 
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False,
                         timeout_graceful_shutdown=config.shutdown_timeout, lifespan="on",

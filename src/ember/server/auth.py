@@ -3,9 +3,10 @@
     ember keys create --name app            # from then on every route but /health and /ready needs the key
     curl -H "Authorization: Bearer ember-..." localhost:8000/v1/models
 
-Keys are on when the server was started with --require-key or when any active key exists in the registry
-database (checked every few seconds, so a key created while the server runs switches auth on without a
-restart; a revoked key stops working within `TTL` seconds).
+Keys are on when the server was started with --require-key or when any key exists in the registry database,
+revoked ones included (so revoking the last key does not open the server). This is checked every `TTL`
+seconds: a key created while the server runs switches auth on without a restart, and a revoked key stops
+working within `TTL` seconds.
 
 Routers add auth as a dependency. Other modules use the same one, e.g. the platform API:
 
@@ -43,7 +44,7 @@ class Auth:
             at, on = self._enabled
             if now - at < TTL:
                 return on
-        on = keys.any_active(self.settings)
+        on = keys.any_exist(self.settings)
         with self._lock:
             self._enabled = (now, on)
         return on

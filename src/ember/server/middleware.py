@@ -108,6 +108,8 @@ class RequestLog:
         route = scope.get("route")
         path = getattr(route, "path", None) or ("unmatched" if status == 404 else scope.get("path", ""))
         self.metrics.http.labels(route=path, status=str(status)).inc()
+        if path in ("/health", "/ready"):
+            return  # probes poll these every few seconds; counted, not logged
         line = {"event": "request", "id": rid, "method": scope.get("method"), "path": scope.get("path"),
                 "status": status, "latency_s": round(latency, 4)}
         for k, v in record.items():

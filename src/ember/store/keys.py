@@ -107,9 +107,10 @@ def revoke(key_id: str, settings: Settings | None = None) -> KeyInfo:
         return _info(row)
 
 
-def any_active(settings: Settings | None = None) -> bool:
+def any_exist(settings: Settings | None = None) -> bool:
+    """Whether any key was ever created. Revoked keys count: revoking the last key must not open the server."""
     with db.session(settings) as s:
-        return s.scalar(select(db.ApiKey.id).where(db.ApiKey.revoked_at.is_(None)).limit(1)) is not None
+        return s.scalar(select(db.ApiKey.id).limit(1)) is not None
 
 
 def check(secret: str | None, scope: str = "inference", settings: Settings | None = None) -> KeyInfo:
