@@ -16,7 +16,6 @@ import math
 import re
 import string
 import threading
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -310,7 +309,3 @@ def corpus_perplexity(model_ref, texts: list[str], **kw) -> dict:
 
 METRIC_NAMES = ("bleu", "chrf", "rouge", "exact_match", "accuracy", "macro_f1", "entity_f1", "token_accuracy",
                 "perplexity", "bits_per_byte", "word_perplexity")
-
-
-def label_counts(labels: list) -> dict:
-    return dict(Counter(str(x) for x in labels))
