@@ -66,7 +66,7 @@ class _EngineEncoder:
     def __init__(self, enc):
         self.enc = enc
         self.tokenizer = enc.tokenizer
-        self.max_length = int(getattr(enc, "max_length", 512))
+        self.max_length = int(getattr(enc, "max_seq_length", 256))
 
     def embed(self, inputs: list):
         counts = [len(x) if isinstance(x, list) else
