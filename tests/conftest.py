@@ -6,6 +6,8 @@
 - `smollm2_dir` / `minilm_dir`: materialized plain HF folders of the two bundled models.
 - `run_cli(*args)`: runs the real `ember` console script in a subprocess; returns CompletedProcess.
 - `ember_bin`: path of that console script, for tests that need Popen.
+- `tiny_chat_dir`: a tiny random Llama with SmolLM2's tokenizer and chat template (fast stand-in for real
+  generation runs); `tiny_model`: two versions of it registered as `tiny` in a fresh `ember_home`.
 - `tiny_model_dir`: a tiny random Llama HF folder (safetensors); `pickle_only_dir`: one with only a .bin.
 """
 
@@ -112,3 +114,32 @@ def pickle_only_dir(tmp_path):
 @pytest.fixture(scope="session")
 def ember_bin() -> str:
     return EMBER_BIN
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(smollm2_dir, tmp_path_factory):
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-chat-llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        if (smollm2_dir / name).exists():
+            shutil.copy(smollm2_dir / name, out / name)
+    return out
+
+
+@pytest.fixture
+def tiny_model(ember_home, tiny_chat_dir):
+    """Two versions of `tiny` (the same weights) in a fresh EMBER_HOME; returns the name."""
+    from ember.store import registry
+
+    registry.register_folder(tiny_chat_dir, "tiny")
+    registry.register_folder(tiny_chat_dir, "tiny")
+    return "tiny"

@@ -5,34 +5,6 @@ import json
 import pytest
 
 
-@pytest.fixture
-def tiny_model(ember_home, tiny_folder):
-    from ember.store import registry
-
-    registry.register_folder(tiny_folder, "tiny")
-    registry.register_folder(tiny_folder, "tiny")
-    return "tiny"
-
-
-@pytest.fixture(scope="session")
-def tiny_folder(smollm2_dir, tmp_path_factory):
-    import shutil
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama-cli")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-        if (smollm2_dir / name).exists():
-            shutil.copy(smollm2_dir / name, out / name)
-    return out
-
-
 def test_eval_compare_report_promote(tiny_model, run_cli, tmp_path):
     task = tmp_path / "t.yaml"
     (tmp_path / "d.jsonl").write_text('{"q": "Say hi", "a": "hi"}\n{"q": "Say yes", "a": "yes"}\n')

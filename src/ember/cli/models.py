@@ -103,6 +103,14 @@ def show(ref: str, as_json: bool = JSON):
     console.print(f"tags: {' '.join(f'{k}={val}' for k, val in v.tags.items()) or '-'}")
     table("metadata", ["key", "value"], [[k, val] for k, val in v.metadata.items()])
     table("files", ["path", "size", "sha256"], [[p, human_size(v.sizes[p]), d] for p, d in v.files.items()])
+    if v.evals:
+        table("evaluations (newest run per task)", ["run", "task", "metrics", "at"],
+              [[e["id"], e["task"], " ".join(f"{k}={_fmt(m)}" for k, m in e["metrics"].items()), e["created_at"]]
+               for e in v.evals])
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _split_alias(name_at_alias: str) -> tuple[str, str]:
