@@ -58,9 +58,9 @@ class Engine:
             torch.set_num_threads(threads)
         loaded = load_model(ref_or_path, settings)
         if quantize:
-            from ember.engine.quant import quantize_model
+            from ember.models.loading import quantize_model
 
-            quantize_model(loaded.model, quantize)
+            quantize_model(loaded.model, quantize, loaded.tokenizer)
         return cls(loaded, max_slots=max_slots, max_seq_len=max_seq_len, step_tokens=step_tokens)
 
     # ----- counters the server exports as metrics -----

@@ -107,7 +107,7 @@ class LlamaDecoder:
         half = D // 2
         for i, L in enumerate(self.layers):
             h = rms_norm(x, L.ln1, self.eps)
-            qkv = h @ L.wqkv if L.bqkv is None else torch.addmm(L.bqkv, h, L.wqkv)
+            qkv = h @ L.wqkv if L.bqkv is None else (h @ L.wqkv) + L.bqkv
             q = qkv[:, : H * D].view(T, H, D)
             k = qkv[:, H * D : (H + KV) * D].view(T, KV, D)
             v = qkv[:, (H + KV) * D :].view(T, KV, D)
