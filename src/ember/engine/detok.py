@@ -31,6 +31,8 @@ class Detokenizer:
 
     def add(self, token_id: int) -> str:
         """Feeds one token; returns the text that is now safe to show (possibly empty)."""
+        if self.stopped:
+            return ""
         self.ids.append(token_id)
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         full = self._decode(self.ids[self.prefix_offset :])
