@@ -166,8 +166,10 @@ class Engine:
         results: list[Completion | None] = [None] * len(prompts)
         pending, lock = [0], threading.Lock()
         all_done = threading.Event()
-        for i, (pr, p) in enumerate(zip(prompts, plist)):
-            ids = self.encode(pr)
+        encoded = [self.encode(pr) for pr in prompts]
+        for ids, p in zip(encoded, plist):  # validate everything before anything starts running
+            self._check(ids, p)
+        for i, (ids, p) in enumerate(zip(encoded, plist)):
             if p.use_beam_search:
                 results[i] = self.beam_search(ids, p)
                 continue
