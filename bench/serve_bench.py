@@ -190,8 +190,11 @@ def main() -> None:
         levels = [int(c) for c in args.concurrency.split(",")]
         httpx.post(url + "/v1/completions", json={"model": args.model, "prompt": "warm up", "max_tokens": 4},
                    timeout=600)
-        ember = {c: asyncio.run(run_level(url, args.model, c, args.prompts_per_level or c, args.max_tokens))
-                 for c in levels}
+        ember = {}
+        for c in levels:
+            ember[c] = asyncio.run(run_level(url, args.model, c, args.prompts_per_level or c, args.max_tokens))
+            print(f"ember, concurrency {c}: {ember[c]['output_tok_per_s']:.1f} tok/s, "
+                  f"TTFT p50 {ember[c]['ttft_p50_ms']:.0f} ms", flush=True)
         for p in procs:
             p.terminate()
             p.wait()
