@@ -186,6 +186,7 @@ def base_folder(ref: str):
 def lineage(cfg: FinetuneConfig, task: str, base_ref: str, digests: dict, result, **extra) -> dict:
     return {"task": task, "base": base_ref, "data_digests": digests, "config": asdict(cfg),
             "final_eval_loss": result.val_loss, "final_train_loss": result.loss, "steps": result.step,
+            "world_size": distributed.current().world_size,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
 
 

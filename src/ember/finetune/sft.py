@@ -81,22 +81,20 @@ def encode(tokenizer, messages: list[dict], max_length: int) -> dict | None:
     return {"input_ids": ids, "labels": labels}
 
 
-def load_examples(path: str, tokenizer, max_length: int, *, echo=print) -> tuple[formats.DataFile, list[dict]]:
-    """Validate + encode one file; bad lines and over-long examples are reported before training."""
-    data = formats.read_jsonl(path, "sft")
-    examples, cut = [], []
+def load_examples(data: formats.DataFile, tokenizer, max_length: int, *, echo=print) -> list[dict]:
+    """Encode a validated file; bad lines and over-long examples are reported before training."""
+    examples = []
     for rec, line in zip(data.records, data.lines):
         ex = encode(tokenizer, rec["messages"], max_length)
         if ex is None:
-            cut.append((line, f"no assistant tokens within --max-length {max_length}"))
+            data.bad.append((line, f"no assistant tokens within --max-length {max_length}"))
         else:
             examples.append(ex)
-    data.bad.extend(cut)
     if not examples:
-        raise InvalidRequest(f"{path}: no usable examples:\n{data.report()}", param="data")
+        raise InvalidRequest(f"{data.path}: no usable examples:\n{data.report()}", param="data")
     if data.bad:
         echo(f"warning: skipped {len(data.bad)} bad line(s) of {data.path.name}:\n{data.report()}")
-    return data, examples
+    return examples
 
 
 def causal_lm_loss(model, batch: dict):
@@ -143,14 +141,17 @@ def run(cfg: common.FinetuneConfig, *, echo=print) -> dict:
     def body(info) -> dict:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        # The data files are checked first: a bad file fails in a second, before any model is read.
+        train_data = formats.read_jsonl(cfg.data, "sft")
+        eval_file = formats.read_jsonl(cfg.eval_data, "sft") if cfg.eval_data else None
         folder, base = common.base_folder(cfg.base)
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
         say = echo if info.is_main else (lambda *_: None)
-        train_data, examples = load_examples(cfg.data, tokenizer, cfg.max_length, echo=say)
+        examples = load_examples(train_data, tokenizer, cfg.max_length, echo=say)
         digests = {"train": train_data.digest}
         eval_examples = []
-        if cfg.eval_data:
-            eval_file, eval_examples = load_examples(cfg.eval_data, tokenizer, cfg.max_length, echo=say)
+        if eval_file is not None:
+            eval_examples = load_examples(eval_file, tokenizer, cfg.max_length, echo=say)
             digests["eval"] = eval_file.digest
         steps = common.plan_steps(cfg, len(examples), info.world_size)
         torch.manual_seed(cfg.seed)  # identical LoRA initialisation on every rank
