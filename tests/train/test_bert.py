@@ -46,8 +46,8 @@ def test_bert_learns_and_logs_both_losses(tmp_path, bert_assets):
     tok_dir, data_dir = bert_assets
     out = tmp_path / "run"
     summary = bert.main(None, [f"data={data_dir}", f"tokenizer={tok_dir}", "name=b", f"out={out}",
-                               "register=false", "progress=false", "max_steps=120", "seq_len=64",
-                               "batch_size=32", "lr=1e-3", "warmup_steps=10", "eval_every=60",
+                               "register=false", "progress=false", "max_steps=80", "seq_len=64",
+                               "batch_size=32", "lr=1e-3", "warmup_steps=10", "eval_every=40",
                                "eval_batches=4", "hidden_size=128", "intermediate_size=256"])
     recs = ckpt.read_metrics(out / "metrics.jsonl")
     train = [r for r in recs if "loss" in r]
@@ -55,7 +55,7 @@ def test_bert_learns_and_logs_both_losses(tmp_path, bert_assets):
         assert {"mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc"} <= set(r)
         assert r["loss"] == pytest.approx(r["mlm_loss"] + r["nsp_loss"], rel=1e-4)
     val = [r for r in recs if "val_loss" in r]
-    assert [r["step"] for r in val] == [60, 120]
+    assert [r["step"] for r in val] == [40, 80]
     final = val[-1]
     vocab = 2000
     first = np.mean([r["mlm_acc"] for r in train[:5]])

@@ -29,17 +29,13 @@ trainer.pt with optimizer + scheduler + every rank's RNG, state.json with step a
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
 import torch
-import torch.distributed as dist
 
 from ember.train import checkpoint as ckpt
 from ember.train import distributed
@@ -160,9 +156,13 @@ def _progress(show: bool):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
+    from rich.console import Console
+
+    # stderr, so that stdout stays clean for `--json` results
     return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), disable=not show)
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not show)
 
 
 def train(model: torch.nn.Module, batches: Batches, loss_fn: Callable, settings: LoopSettings, *,
