@@ -320,7 +320,16 @@ class Engine:
             return self._finish(s, "stop", [t], lps, text)
         if len(s.output_ids) >= s.max_tokens or s.n_cached + 1 >= self.context_length:
             return self._finish(s, "length", [t], lps, text)
-        s.request.on_delta(Delta(s.request.request_id, s.index, text, [t], lps))
+        self._emit(s.request, Delta(s.request.request_id, s.index, text, [t], lps))
+
+    def _emit(self, req: Request, d: Delta) -> None:
+        # A consumer that went away (closed event loop) must not take the whole batch down with it.
+        try:
+            req.on_delta(d)
+        except Exception:  # noqa: BLE001
+            log.warning("delta callback of request %s failed; aborting it", req.request_id, exc_info=True)
+            if d.finish_reason is None:
+                self._inbox.put(("abort", req.request_id, threading.Event()))
 
     def _finish(self, s: Sequence, reason: str, toks: list[int], lps, text: str = "") -> None:
         s.finish_reason = reason
@@ -330,7 +339,7 @@ class Engine:
         if req.finished:
             usage = req.usage()
             self._requests.pop(req.request_id, None)
-        req.on_delta(Delta(req.request_id, s.index, text + s.detok.flush(), toks, lps, reason, usage))
+        self._emit(req, Delta(req.request_id, s.index, text + s.detok.flush(), toks, lps, reason, usage))
 
 
 class _Collector:
