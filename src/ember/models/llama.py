@@ -69,23 +69,26 @@ class LlamaDecoder:
             raise Unsupported(f"activation {cfg.get('hidden_act')!r} is not supported for llama models")
         self.scale = self.head_dim**-0.5
         w = weights
-        self.embed = w.pop("model.embed_tokens.weight")
+        embed = w.pop("model.embed_tokens.weight")
         head = w.pop("lm_head.weight", None)
-        if head is None or cfg.get("tie_word_embeddings", False):
-            head = self.embed
-        self.lm_head = head.t().contiguous()  # [hidden, V]
-        self.norm = w.pop("model.norm.weight")
+        self.tied = head is None or cfg.get("tie_word_embeddings", False)
+        self.lm_head = (embed if self.tied else head).t().contiguous()  # [hidden, V]
+        # Tied weights are kept once, transposed for the LM head; the embedding lookup gathers its columns.
+        self.embed = None if self.tied else embed.clone()
+        del embed
+        # clone(): safetensors tensors can be views of one buffer of the whole file, which a kept view pins.
+        self.norm = w.pop("model.norm.weight").clone()
         self.layers = []
         for i in range(self.n_layers):
             p = f"model.layers.{i}."
             q, k, v = (w.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv")
             bias = [w.pop(p + f"self_attn.{n}_proj.bias", None) for n in "qkv"]
             self.layers.append(LlamaLayer(
-                ln1=w.pop(p + "input_layernorm.weight"),
+                ln1=w.pop(p + "input_layernorm.weight").clone(),
                 wqkv=torch.cat([q, k, v], 0).t().contiguous(),
                 bqkv=torch.cat(bias) if bias[0] is not None else None,
                 wo=w.pop(p + "self_attn.o_proj.weight").t().contiguous(),
-                ln2=w.pop(p + "post_attention_layernorm.weight"),
+                ln2=w.pop(p + "post_attention_layernorm.weight").clone(),
                 wgu=torch.cat([w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")], 0)
                 .t().contiguous(),
                 wdown=w.pop(p + "mlp.down_proj.weight").t().contiguous(),
@@ -102,7 +105,7 @@ class LlamaDecoder:
         """Runs one step over every new token in the batch; returns logits [len(b.logit_index), V]."""
         T = b.tokens.shape[0]
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        x = self.embed[b.tokens]
+        x = self.embed[b.tokens] if self.embed is not None else self.lm_head[:, b.tokens].t()
         cos, sin = self.cos[b.positions][:, None, :], self.sin[b.positions][:, None, :]
         half = D // 2
         for i, L in enumerate(self.layers):

@@ -83,6 +83,16 @@ def load_tokenizer(folder: Path):
         raise CorruptFile(f"cannot load the tokenizer in {folder}: {e}") from None
 
 
+def _release_freed_memory() -> None:
+    """Loading frees ~1 GB of temporaries (the unfused weights); glibc keeps it mapped unless asked."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def load_model(ref_or_path, settings=None, *, with_tokenizer: bool = True) -> LoadedModel:
     folder = resolve_folder(ref_or_path, settings)
     cfg = read_json(folder / "config.json")
@@ -97,6 +107,7 @@ def load_model(ref_or_path, settings=None, *, with_tokenizer: bool = True) -> Lo
         model = decoder_cls(cfg, load_weights(folder))
     except KeyError as e:
         raise CorruptFile(f"{folder}: weight {e} missing for a {mtype} model") from None
+    _release_freed_memory()
     tok = load_tokenizer(folder) if with_tokenizer else None
     return LoadedModel(folder, cfg, model, tok, gen)
 
@@ -187,4 +198,6 @@ def quantize_model(model, mode: str, tokenizer=None) -> None:
     for layer in model.layers:
         for name in ("wqkv", "wo", "wgu", "wdown"):
             setattr(layer, name, Int8Linear(getattr(layer, name)))
+    if model.embed is None:  # tied: the embedding lookup keeps reading the fp32 matrix
+        model.embed = model.lm_head.t()
     model.lm_head = Int8Linear(model.lm_head)
