@@ -5,7 +5,7 @@
 Measures single-stream decode tok/s and aggregate tok/s for 8 and 32 concurrent requests of --new-tokens
 new tokens each (greedy, EOS ignored so every request produces exactly that many), prints both and the
 ratio, and the engine's resident memory with 32 slots x 2048 positions. With --int8 it also runs the int8
-weight path and compares perplexity with fp32 on the same text.
+weight path and compares perplexity with fp32 on the same texts (prose, and this file as code).
 """
 
 import argparse
@@ -97,14 +97,15 @@ def main():
     engine = Engine.load(a.model, max_slots=32, max_seq_len=2048)
     bench_ember(engine, 32, 8)
     rss = rss_gib()
-    ppl32 = perplexity(engine, PPL_TEXT)
+    texts = {"prose": PPL_TEXT, "code": open(__file__).read()[:3000]}
+    ppl32 = {k: perplexity(engine, t) for k, t in texts.items()}
     # Worst case: every slot filled to 2048 positions (touch the whole cache so all of it is resident).
     engine.cache.k.zero_()
     engine.cache.v.zero_()
     rss_full = rss_gib()
     int8, hf, ember = {}, {}, {}
     q = Engine.load(a.model, max_slots=32, max_seq_len=2048, quantize="int8") if a.int8 else None
-    ppl8 = perplexity(q, PPL_TEXT) if q else None
+    ppl8 = {k: perplexity(q, t) for k, t in texts.items()} if q else None
     model = tok = None
     if not a.skip_hf:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,7 +134,9 @@ def main():
     print("\n".join(rows))
     print(f"Engine RSS, 32 slots x 2048 reserved: {rss:.2f} GiB after running 32 requests; "
           f"{rss_full:.2f} GiB with the whole cache resident (every slot full)")
-    print(f"Perplexity fp32: {ppl32:.3f}" + (f"; int8: {ppl8:.3f} ({(ppl8 / ppl32 - 1) * 100:+.2f}%)" if int8 else ""))
+    for k in texts:
+        print(f"Perplexity ({k}) fp32: {ppl32[k]:.3f}"
+              + (f"; int8: {ppl8[k]:.3f} ({(ppl8[k] / ppl32[k] - 1) * 100:+.2f}%)" if ppl8 else ""))
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class LlamaDecoder:
         """Runs one step over every new token in the batch; returns logits [len(b.logit_index), V]."""
         T = b.tokens.shape[0]
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        x = self.embed[b.tokens] if self.embed is not None else self.lm_head[:, b.tokens].t()
+        x = self.embed[b.tokens] if self.embed is not None else self.lm_head[:, b.tokens].t().contiguous()
         cos, sin = self.cos[b.positions][:, None, :], self.sin[b.positions][:, None, :]
         half = D // 2
         for i, L in enumerate(self.layers):

@@ -113,24 +113,21 @@ def load_model(ref_or_path, settings=None, *, with_tokenizer: bool = True) -> Lo
 
 
 class Int8Linear:
-    """An int8 weight (per output channel scales) used as `x @ w`, through fbgemm's dynamic-quant GEMM.
-
-    Activations are quantized per call (per tensor); on VNNI CPUs this runs the decode GEMMs 2-3x faster
-    than fp32 (DESIGN.md), at a small accuracy cost that bench/engine_bench.py --int8 measures."""
+    """An int8 weight (per output channel scales) used as `x @ w`: activations are quantized per token
+    (per row), multiplied with `torch._int_mm` (oneDNN VNNI/AMX int8 GEMM, exact int32 accumulation) and
+    rescaled. Per-row activation scales keep each row independent of the rest of the batch, so a seed
+    still gives the same text alone or batched, and one outlier token does not coarsen its neighbours."""
 
     def __init__(self, wt: torch.Tensor):
-        import warnings
-
-        w = wt.t().contiguous()  # [out, in], the layout fbgemm packs
-        scales = (w.abs().amax(1) / 127).clamp(min=1e-8).double()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch marks quantized tensor creation as deprecated
-            q = torch.quantize_per_channel(w, scales, torch.zeros_like(scales, dtype=torch.long), 0, torch.qint8)
-        self.packed = torch.ops.quantized.linear_prepack(q, None)
+        self.scale = (wt.abs().amax(0) / 127).clamp(min=1e-8)  # [N]
+        q = torch.round(wt / self.scale).clamp(-127, 127).to(torch.int8)
+        self.q = q.t().contiguous().t()  # column-major [K, N]: the faster layout for _int_mm here
         self.shape = tuple(wt.shape)
 
     def __rmatmul__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self.packed, False)
+        sx = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-8)
+        xq = torch.round(x / sx).to(torch.int8)
+        return torch._int_mm(xq, self.q).float() * sx * self.scale
 
 
 class _ActMax:
@@ -152,7 +149,7 @@ CALIBRATION = ("<|im_start|>user\nCan you explain how photosynthesis works?<|im_
                "fell. Il fait beau aujourd'hui. Quick facts: Mount Everest is 8,849 m tall; water boils at 100 C.")
 
 
-def _smooth(model, tokenizer, alpha: float = 0.7) -> None:
+def _smooth(model, tokenizer, alpha: float = 0.5) -> None:
     """SmoothQuant: moves activation outliers into the weights, exactly (the network computes the same
     function in fp32), so per-tensor int8 activations lose less. For qkv and gate/up the per-channel
     divisor folds into the preceding RMSNorm weight; for down_proj it folds into the up-projection."""
@@ -192,8 +189,6 @@ def quantize_model(model, mode: str, tokenizer=None) -> None:
         raise Unsupported(f"quantization {mode!r} is not supported (only 'int8')")
     if getattr(model, "family", None) != "llama":
         raise Unsupported("int8 weights are implemented for the Llama family only")
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        raise Unsupported("this torch build has no fbgemm int8 kernels")
     _smooth(model, tokenizer)
     for layer in model.layers:
         for name in ("wqkv", "wo", "wgu", "wdown"):
