@@ -109,6 +109,28 @@ def test_stream_yields_deltas_then_usage(smol_engine):
     assert all(d.usage is None for d in deltas[:-1])
 
 
+def test_stream_leaves_the_event_loop_free(smol_engine):
+    """Other coroutines keep running while a stream waits for tokens (the engine works in its thread)."""
+    ticks = []
+
+    async def ticker(stop):
+        while not stop.is_set():
+            ticks.append(1)
+            await asyncio.sleep(0)
+
+    async def run():
+        stop = asyncio.Event()
+        t = asyncio.create_task(ticker(stop))
+        n = 0
+        async for _ in smol_engine.stream("Hello", SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)):
+            n += 1
+        stop.set()
+        await t
+        return n
+
+    assert asyncio.run(run()) >= 1 and len(ticks) > 8
+
+
 def test_abort_frees_the_slot_at_once(smollm2_dir):
     from ember.engine.engine import Engine
 

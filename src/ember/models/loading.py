@@ -126,8 +126,8 @@ class Int8Linear:
 
     def __rmatmul__(self, x: torch.Tensor) -> torch.Tensor:
         sx = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-8)
-        xq = torch.round(x / sx).to(torch.int8)
-        return torch._int_mm(xq, self.q).float() * sx * self.scale
+        xq = (x / sx).round_().to(torch.int8)
+        return torch._int_mm(xq, self.q).float().mul_(sx).mul_(self.scale)  # in place: no extra [M, N] temporaries
 
 
 class _ActMax:
