@@ -9,6 +9,7 @@ GGUF catalog model first and the shared CPUs are often busy; the work itself tak
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -144,33 +145,46 @@ def test_engine_serves_the_adapter_next_to_the_base(adapter, held, use_ft_home):
         base.close()
 
 
-def test_openai_api_serves_the_adapter_under_its_own_name(adapter, held, use_ft_home):
-    """`ember serve --model BASE --model ADAPTER`: each answers under its own name. Skipped (with the
-    server's reason) while the server cannot load adapters yet (Engine.load must call merged_folder)."""
+def test_openai_api_serves_the_adapter_under_its_own_name(adapter, held, ft_home, ember_bin, tmp_path):
+    """A real `ember serve --model BASE --model ADAPTER` on 127.0.0.1, asked through the official openai client:
+    the adapter answers in the trained format under its own name, the base model answers as before."""
+    import socket
+    import subprocess
     import time
 
-    from fastapi.testclient import TestClient
+    import httpx
+    from openai import OpenAI
 
-    from ember.server.app import ServeConfig, create_app
-
-    app = create_app(ServeConfig(models=[BASE, adapter["ref"]]))
-    with TestClient(app) as client:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "EMBER_HOME": str(ft_home)}
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([ember_bin, "serve", "--port", str(port), "--model", BASE, "--model", adapter["ref"],
+                             "--max-slots", "8"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
         deadline = time.monotonic() + 600
-        while (r := client.get("/ready")).status_code != 200:
-            if "failed" in r.text:
-                pytest.skip(f"the server cannot load the adapter yet: {r.json()}")
-            assert time.monotonic() < deadline, r.text
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.5)
-        ids = {m["id"] for m in client.get("/v1/models").json()["data"]}
-        assert {BASE, adapter["ref"]} <= ids
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        assert {BASE, adapter["ref"]} <= {m.id for m in client.models.list().data}
         hits = {BASE: 0, adapter["ref"]: 0}
         for rec in held:
             for model in hits:
-                r = client.post("/v1/chat/completions", json={"model": model, "messages": rec["messages"][:-1],
-                                                              "max_tokens": 14, "temperature": 0})
-                assert r.status_code == 200, r.text
-                body = r.json()
-                assert body["model"] == model
-                hits[model] += body["choices"][0]["message"]["content"].strip() == rec["messages"][-1]["content"]
+                reply = client.chat.completions.create(model=model, messages=rec["messages"][:-1], max_tokens=14,
+                                                       temperature=0)
+                assert reply.model == model
+                hits[model] += reply.choices[0].message.content.strip() == rec["messages"][-1]["content"]
         assert hits[adapter["ref"]] / len(held) >= 0.8
         assert hits[BASE] / len(held) <= 0.2
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        log.close()

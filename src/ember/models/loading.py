@@ -38,13 +38,20 @@ class LoadedModel:
 
 
 def resolve_folder(ref_or_path, settings=None) -> Path:
-    """An existing directory is used as it is; anything else is a registry reference."""
+    """An existing directory is used as it is; anything else is a registry reference. A LoRA adapter version
+    loads as its base with the adapter merged in (cached under EMBER_HOME/merged), so every front door
+    (`Engine.load`, `ember serve --model ADAPTER`, `ember generate ADAPTER`) serves adapters like models."""
     p = Path(str(ref_or_path)).expanduser()
     if p.is_dir():
         return p
     from ember.store import registry  # imported late: the storage layer is only needed for references
 
-    return Path(registry.materialize(str(ref_or_path), settings=settings))
+    info = registry.resolve(str(ref_or_path), settings=settings)
+    if info.kind == "adapter":
+        from ember.finetune.adapters import merged_folder
+
+        return Path(merged_folder(info, settings))
+    return Path(registry.materialize(info, settings=settings))
 
 
 def read_json(path: Path) -> dict:
