@@ -1,6 +1,6 @@
 """Engine benchmark: Ember vs transformers `generate` (static batch) on the same prompts, in one run.
 
-    .venv/bin/python bench/engine_bench.py [--model /tmp/smol_hf] [--threads 2] [--new-tokens 128] [--int8]
+    .venv/bin/python bench/engine_bench.py [--model smollm2-135m-instruct] [--threads 2] [--new-tokens 128] [--int8]
 
 Measures single-stream decode tok/s and aggregate tok/s for 8 and 32 concurrent requests of --new-tokens
 new tokens each (greedy, EOS ignored so every request produces exactly that many), prints both and the
@@ -86,7 +86,8 @@ PPL_TEXT = ("The history of science is the study of the development of science a
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=os.environ.get("EMBER_BENCH_MODEL", "/tmp/smol_hf"))
+    ap.add_argument("--model", default=os.environ.get("EMBER_BENCH_MODEL", "smollm2-135m-instruct"),
+                    help="a registry reference (pulled from the bundled catalog if missing) or a HF folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--int8", action="store_true", help="also measure the int8 weight path")
@@ -94,6 +95,13 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rows = []
+    if not os.path.isdir(a.model):
+        from ember.models.loading import resolve_folder
+        from ember.store import importers
+
+        if a.model in importers.CATALOG:
+            importers.pull(a.model)
+        a.model = str(resolve_folder(a.model))  # one folder for both Ember and transformers
     engine = Engine.load(a.model, max_slots=32, max_seq_len=2048)
     bench_ember(engine, 32, 8)
     rss = rss_gib()
