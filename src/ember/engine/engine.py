@@ -111,10 +111,12 @@ class Engine:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     # ----- requests -----
-    def _check(self, ids: list[int], p: SamplingParams) -> int:
+    def check(self, ids: list[int], p: SamplingParams, param: str = "prompt") -> int:
+        """Validates a request before it is queued (the server calls it before sending any header);
+        returns the number of tokens it may generate. `param` names the request field in the error."""
         if len(ids) >= self.context_length:
-            raise InvalidRequest(f"the prompt has {len(ids)} tokens; this engine's context is "
-                                 f"{self.context_length}", param="prompt", code="context_length_exceeded")
+            raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model's context is "
+                                 f"{self.context_length} tokens", param=param, code="context_length_exceeded")
         room = self.context_length - len(ids)
         if p.max_tokens is not None and p.max_tokens > room:
             raise InvalidRequest(f"prompt ({len(ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the context "
@@ -130,7 +132,7 @@ class Engine:
         if params.use_beam_search:
             raise InvalidRequest("beam search runs through generate() or stream(), not add_request")
         ids = self.encode(prompt)
-        max_tokens = self._check(ids, params)
+        max_tokens = self.check(ids, params)
         if self.num_waiting + len(self._requests) >= self.max_waiting:
             raise Overloaded("the engine's queue is full", retry_after=1)
         rid = request_id or uuid.uuid4().hex
@@ -168,7 +170,7 @@ class Engine:
         all_done = threading.Event()
         encoded = [self.encode(pr) for pr in prompts]
         for ids, p in zip(encoded, plist):  # validate everything before anything starts running
-            self._check(ids, p)
+            self.check(ids, p)
         for i, (ids, p) in enumerate(zip(encoded, plist)):
             if p.use_beam_search:
                 results[i] = self.beam_search(ids, p)
@@ -195,7 +197,7 @@ class Engine:
 
     def beam_search(self, prompt, params: SamplingParams) -> Completion:
         ids = self.encode(prompt)
-        max_tokens = self._check(ids, params)
+        max_tokens = self.check(ids, params)
         with torch.inference_mode():
             beams = beam.beam_search(self.model, ids, params, max_tokens, self.eos_ids)
         choices = []

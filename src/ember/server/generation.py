@@ -15,19 +15,8 @@ import uuid
 
 from ember.engine.sampling import SamplingParams
 from ember.engine.scheduler import Delta
-from ember.errors import InvalidRequest, Overloaded
+from ember.errors import Overloaded
 from ember.server.pool import ServedModel
-
-
-def check_context(served: ServedModel, ids: list[int], params: SamplingParams, param: str = "prompt") -> None:
-    """The engine checks this too; checking first means nothing is queued for a request that will fail."""
-    ctx = served.context_length
-    if len(ids) >= ctx:
-        raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model's context is {ctx} tokens",
-                             param=param, code="context_length_exceeded")
-    if params.max_tokens is not None and len(ids) + params.max_tokens > ctx:
-        raise InvalidRequest(f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the context "
-                             f"length {ctx}", param="max_tokens", code="context_length_exceeded")
 
 
 class Run:

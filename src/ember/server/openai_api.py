@@ -24,7 +24,7 @@ from ember.errors import EmberError, InvalidRequest
 from ember.server import formats
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady, error_body
-from ember.server.generation import Run, check_context
+from ember.server.generation import Run
 from ember.server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
                                   TokenizeRequest)
 
@@ -177,7 +177,7 @@ async def completions(body: CompletionRequest, request: Request):
     prompts = _prompt_ids(engine, body.prompt)
     params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens, body.logprobs)
     for ids in prompts:
-        check_context(served, ids, params)
+        engine.check(ids, params)
     if _state(request).log_content:
         request.state.log["prompt"] = body.prompt
     fmt = formats.CompletionFormat(served, prompts, body)
@@ -192,7 +192,7 @@ async def chat_completions(body: ChatRequest, request: Request):
     ids = engine.chat_prompt(messages, add_generation_prompt=body.add_generation_prompt)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     params = _sampling(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
-    check_context(served, ids, params, param="messages")
+    engine.check(ids, params, param="messages")
     if _state(request).log_content:
         request.state.log["prompt"] = messages
     fmt = formats.ChatFormat(served, [ids], body)
