@@ -23,10 +23,11 @@ def _losses(out):
     return {r["step"]: r["loss"] for r in ckpt.read_metrics(out / "metrics.jsonl") if "loss" in r}
 
 
-def test_two_process_ddp_matches_one_process(tmp_path, tiny_gpt):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp2"])
+def test_two_process_run_matches_one_process(tmp_path, tiny_gpt, sharding):
     args = tiny_gpt(tmp_path / "ddp", max_steps=4)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "ember", "train", "gpt", *args]
+           "-m", "ember", "train", "gpt", *args, *sharding]
     proc = subprocess.run(cmd, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
