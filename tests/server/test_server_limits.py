@@ -57,6 +57,31 @@ def test_queue_bound(small):
     _wait_for(lambda: small.metric("ember:num_requests_running") == 0, "running back to 0")
 
 
+def test_hung_up_requests_leave_the_queue_and_free_their_slot(small):
+    """A non-streamed request whose client gives up frees its slot at once, and one waiting in the queue
+    leaves it: neither keeps generating an answer nobody will read."""
+    long_req = {"model": MODEL, "prompt": "Tell me a story.", "max_tokens": 1800, "ignore_eos": True}
+    gave_up = httpx.Timeout(60, read=2)
+    aborted = small.metric("ember:request_aborted_total")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(small.v1 + "/completions", json=long_req, timeout=gave_up)
+    _wait_for(lambda: small.metric("ember:num_requests_running") == 0, "the hung-up request's slot freed", 200)
+    assert small.metric("ember:request_aborted_total") == aborted + 1
+    with httpx.Client(timeout=300) as http, \
+            http.stream("POST", small.v1 + "/completions", json={**long_req, "stream": True}) as hog:
+        lines = hog.iter_lines()  # kept: a dropped iterator would close the stream
+        next(line for line in lines if line.startswith("data: "))  # it holds the only slot
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(small.v1 + "/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 4},
+                       timeout=gave_up)
+        _wait_for(lambda: small.metric("ember:num_requests_waiting") == 0, "the hung-up request left the queue",
+                  200)
+        assert small.metric("ember:num_requests_running") == 1  # the stream goes on
+        assert small.metric("ember:request_aborted_total") == aborted + 2
+    _wait_for(lambda: small.metric("ember:num_requests_running") == 0, "running back to 0")
+    assert "  File " not in small.log() and '"status": 500' not in small.log()
+
+
 def test_sigterm_finishes_streams_and_exits_0(small):
     body = {"model": MODEL, "prompt": "Count to ten:", "max_tokens": 24, "ignore_eos": True, "stream": True,
             "temperature": 0}

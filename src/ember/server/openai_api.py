@@ -11,13 +11,14 @@ first chat delta of each choice, `data: [DONE]\\n\\n` last. Response shapes are 
 
 import asyncio
 import base64
+import contextlib
 import json
 import struct
 import time
 import uuid
 
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from ember.engine.sampling import SamplingParams
 from ember.errors import EmberError, InvalidRequest
@@ -115,12 +116,15 @@ async def _run_generation(request: Request, served, prompts, params, body, fmt: 
     record = request.state.log
     run = Run(served, prompts, params, st.metrics, record, request_id=request.state.request_id)
     try:
-        await run.admit()
+        if not await _unless_disconnected(request, run.admit()):
+            return _client_gone(run)
         if not body.stream:
             try:
-                accs = await _collect(run)
+                done, accs = await _unless_disconnected(request, _collect(run), result=True)
             finally:
                 run.close()
+            if not done:
+                return _client_gone(run)
             if st.log_content:
                 record["completion"] = [a.text for p in accs.values() for a in p.values()]
             return fmt.full(accs, run, body.n)
@@ -132,6 +136,41 @@ async def _run_generation(request: Request, served, prompts, params, body, fmt: 
     except BaseException:
         run.close(status=400)
         raise
+
+
+async def _unless_disconnected(request: Request, coro, result: bool = False):
+    """Awaits `coro` unless the client hangs up first; then cancels it. A request waiting in the admission
+    queue, or a non-streamed one, has nowhere to send its answer once the client is gone, so it must not keep
+    its queue place or its engine slot (a stream notices the hang-up itself, through its response)."""
+    task = asyncio.ensure_future(coro)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            value = task.result()  # re-raises what the work raised (Overloaded, InvalidRequest, ...)
+            return (True, value) if result else True
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return (False, None) if result else False
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read, so the server's next message for this request is its disconnect (what
+    # Starlette's StreamingResponse listens for too).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _client_gone(run: Run) -> Response:
+    run.aborted = True
+    run.close()  # counted as aborted; the slot and the queue place are free again
+    run.record["error"] = "client disconnected"
+    return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
 
 async def _stream(run: Run, fmt, body, log_content: bool):
