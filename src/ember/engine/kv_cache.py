@@ -76,6 +76,23 @@ class KVCache:
         self.k = torch.empty(shape, dtype=dtype)
         self.v = torch.empty(shape, dtype=dtype)
         self.n_slots, self.max_seq_len = n_slots, max_seq_len
+        # Per slot: positions [0, finite[s]) hold finite values (written by some sequence, or zeroed).
+        self.finite = [0] * n_slots
+
+    def _make_finite(self, b: StepBatch) -> None:
+        """Decode attention reads positions [0, lmax) of slots [0, hi) and masks the unused ones with zero
+        weight, but 0 * NaN is NaN: memory from `torch.empty` that no sequence ever wrote must be zeroed
+        before it is read. Only the never-written tail is touched, once, as lengths grow."""
+        for slot, start, n, _ in b.prefills:
+            self.finite[slot] = max(self.finite[slot], start + n)
+        nd = b.n_decode
+        for slot, pos in zip(b.slots[:nd].tolist(), b.positions[:nd].tolist()):
+            self.finite[slot] = max(self.finite[slot], pos + 1)
+        for slot in range(b.hi):
+            if self.finite[slot] < b.lmax:
+                self.k[:, slot, :, self.finite[slot] : b.lmax].zero_()
+                self.v[:, slot, :, self.finite[slot] : b.lmax].zero_()
+                self.finite[slot] = b.lmax
 
     def copy_slot(self, src: int, dst: int, length: int) -> None:
         """Beam search and n>1 forks: make slot dst hold the first `length` positions of slot src."""
@@ -97,6 +114,8 @@ class KVCache:
         kc, vc = self.k[layer], self.v[layer]
         T, H, D = q.shape
         KV = k.shape[1]
+        if layer == 0:
+            self._make_finite(b)
         if b.write_index is None:
             # Row (slot, head, pos) of the cache viewed as [slots*KV*S, D]; index_copy_ on that view is
             # several times faster than advanced-index assignment, and the index serves every layer.
