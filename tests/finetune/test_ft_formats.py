@@ -131,9 +131,12 @@ def test_first_subtoken_alignment(minilm_dir):
 
 
 def test_entities_and_f1():
-    assert tag.entities(["B-PER", "I-PER", "O", "I-LOC", "B-ORG", "B-ORG", "I-PER"]) == [
-        ("PER", 0, 2), ("LOC", 3, 4), ("ORG", 4, 5), ("ORG", 5, 6), ("PER", 6, 7)]
+    # The tagger reads entities with the evaluation metrics' seqeval-style chunker (inclusive last word).
+    from ember.evaluate.metrics import entity_f1, get_entities
+
+    assert get_entities(["B-PER", "I-PER", "O", "I-LOC", "B-ORG", "B-ORG", "I-PER"]) == [
+        ("PER", 0, 1), ("LOC", 3, 3), ("ORG", 4, 4), ("ORG", 5, 5), ("PER", 6, 6)]
     gold = [["B-PER", "I-PER", "O", "B-LOC"]]
-    assert tag.entity_f1(gold, gold)["f1"] == 1.0
-    half = tag.entity_f1(gold, [["B-PER", "O", "O", "B-LOC"]])  # a partial span is a miss
+    assert entity_f1(gold, gold)["f1"] == 1.0
+    half = entity_f1([["B-PER", "O", "O", "B-LOC"]], gold)  # a partial span is a miss
     assert half["precision"] == 0.5 and half["recall"] == 0.5

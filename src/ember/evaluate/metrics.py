@@ -190,7 +190,7 @@ def entity_f1(preds: list[list[str]], refs: list[list[str]]) -> dict:
     precision = tp / len(pred_set) if pred_set else 0.0
     recall = tp / len(true_set) if true_set else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    return {"precision": precision, "recall": recall, "f1": f1, "gold": len(true_set), "predicted": len(pred_set)}
 
 
 def token_accuracy(preds: list[list[str]], refs: list[list[str]]) -> float:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.errors import InvalidRequest, NotFound
+from ember.evaluate.metrics import entity_f1, get_entities
 from ember.finetune import common, formats
 from ember.train import checkpoint as ckpt
 from ember.train import distributed
@@ -74,31 +75,6 @@ def read_conll(path: str | Path, *, max_bad_fraction: float = 0.5) -> Conll:
 
 def is_bio(labels) -> bool:
     return all(t == "O" or t[:2] in ("B-", "I-") for t in labels)
-
-
-def entities(tags: list[str]) -> list[tuple[str, int, int]]:
-    """(type, first word, last word + 1) of each entity in a BIO sequence, read as seqeval does (an I- tag
-    after O or after another type starts a new entity)."""
-    out, kind, start = [], None, 0
-    for i, t in enumerate(list(tags) + ["O"]):
-        prefix, _, typ = t.partition("-")
-        if kind is not None and not (prefix == "I" and typ == kind):
-            out.append((kind, start, i))
-            kind = None
-        if prefix in ("B", "I") and kind is None and typ:
-            kind, start = typ, i
-    return out
-
-
-def entity_f1(gold: list[list[str]], pred: list[list[str]]) -> dict:
-    """Micro precision / recall / F1 over exact entity matches (type and span), like seqeval."""
-    g = {(s, *e) for s, tags in enumerate(gold) for e in entities(tags)}
-    p = {(s, *e) for s, tags in enumerate(pred) for e in entities(tags)}
-    tp = len(g & p)
-    precision = tp / len(p) if p else 0.0
-    recall = tp / len(g) if g else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "gold": len(g), "predicted": len(p)}
 
 
 def align(tokenizer, words: list[str], word_labels: list[int] | None, max_length: int) -> dict:
@@ -179,7 +155,7 @@ def run(cfg: common.FinetuneConfig, *, echo=print) -> dict:
         if dev is not None and info.is_main:
             tagger = Tagger(out, max_length=cfg.max_length)
             pred = tagger.tag_words([w for w, _ in dev.sentences])
-            scores = entity_f1([t for _, t in dev.sentences], [[x["tag"] for x in p] for p in pred]) \
+            scores = entity_f1([[x["tag"] for x in p] for p in pred], [t for _, t in dev.sentences]) \
                 if is_bio(tagset) else None
         lin = common.lineage(cfg, "tag", base.ref, digests, result, tags=tagset, sentences=len(examples),
                              final_eval_entity_f1=scores and scores["f1"])
@@ -242,8 +218,9 @@ class Tagger:
         tokens = [{"text": w, "start": a, "end": b, **t} for w, (a, b), t in zip(words, spans, tagged)]
         ents = []
         if self.bio:
-            for typ, i, j in entities([t["tag"] for t in tagged]):
-                a, b = spans[i][0], spans[j - 1][1]
+            for typ, i, last in get_entities([t["tag"] for t in tagged]):
+                j = last + 1
+                a, b = spans[i][0], spans[last][1]
                 ents.append({"type": typ, "text": text[a:b], "start": a, "end": b,
                              "score": sum(t["score"] for t in tagged[i:j]) / (j - i)})
         return {"tokens": tokens, "entities": ents}
