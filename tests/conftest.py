@@ -6,18 +6,24 @@
 - `smollm2_dir` / `minilm_dir`: materialized plain HF folders of the two bundled models.
 - `run_cli(*args)`: runs the real `ember` console script in a subprocess; returns CompletedProcess.
 - `ember_bin`: path of that console script, for tests that need Popen.
+- `start_server(home, *args)`: starts `ember serve --port P *args` with EMBER_HOME=home, waits for /ready,
+  returns a `Served` (url, process, log file). Every server a module starts is stopped when the module ends.
 - `tiny_chat_dir`: a tiny random Llama with SmolLM2's tokenizer and chat template (fast stand-in for real
   generation runs); `tiny_model`: two versions of it registered as `tiny` in a fresh `ember_home`.
 - `tiny_model_dir`: a tiny random Llama HF folder (safetensors); `pickle_only_dir`: one with only a .bin.
 """
 
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import json
-
+import httpx
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -143,3 +149,86 @@ def tiny_model(ember_home, tiny_chat_dir):
     registry.register_folder(tiny_chat_dir, "tiny")
     registry.register_folder(tiny_chat_dir, "tiny")
     return "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    url: str
+    proc: subprocess.Popen
+    log_path: Path
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, **labels) -> float:
+        """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
+        text = httpx.get(self.url + "/metrics", timeout=30, headers=getattr(self, "headers", None)).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric, _, lab = head.partition("{")
+            if metric != name or not all(f'{k}="{v}"' in lab for k, v in labels.items()):
+                continue
+            total += float(value)
+        return total
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _start(home: Path, args, log_dir: Path, env=None) -> Served:
+    port = free_port()
+    log_path = log_dir / f"serve-{port}.log"
+    full_env = {**os.environ, "EMBER_HOME": str(home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                **(env or {})}
+    full_env.pop("EMBER_DATABASE_URL", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([EMBER_BIN, "serve", "--port", str(port), *map(str, args)], env=full_env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    served = Served(f"http://127.0.0.1:{port}", proc, log_path)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ember serve exited with {proc.returncode}:\n{served.log()[-3000:]}")
+        try:
+            if httpx.get(served.url + "/ready", timeout=5).status_code == 200:
+                return served
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"ember serve did not become ready:\n{served.log()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def start_server(tmp_path_factory):
+    started: list[Served] = []
+    log_dir = tmp_path_factory.mktemp("serve-logs")
+
+    def start(home, *args, env=None) -> Served:
+        s = _start(Path(home), args, log_dir, env)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()

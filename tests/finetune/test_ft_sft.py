@@ -145,46 +145,20 @@ def test_engine_serves_the_adapter_next_to_the_base(adapter, held, use_ft_home):
         base.close()
 
 
-def test_openai_api_serves_the_adapter_under_its_own_name(adapter, held, ft_home, ember_bin, tmp_path):
+def test_openai_api_serves_the_adapter_under_its_own_name(adapter, held, ft_home, start_server):
     """A real `ember serve --model BASE --model ADAPTER` on 127.0.0.1, asked through the official openai client:
     the adapter answers in the trained format under its own name, the base model answers as before."""
-    import socket
-    import subprocess
-    import time
-
-    import httpx
     from openai import OpenAI
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "EMBER_HOME": str(ft_home)}
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([ember_bin, "serve", "--port", str(port), "--model", BASE, "--model", adapter["ref"],
-                             "--max-slots", "8"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.5)
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
-        assert {BASE, adapter["ref"]} <= {m.id for m in client.models.list().data}
-        hits = {BASE: 0, adapter["ref"]: 0}
-        for rec in held:
-            for model in hits:
-                reply = client.chat.completions.create(model=model, messages=rec["messages"][:-1], max_tokens=14,
-                                                       temperature=0)
-                assert reply.model == model
-                hits[model] += reply.choices[0].message.content.strip() == rec["messages"][-1]["content"]
-        assert hits[adapter["ref"]] / len(held) >= 0.8
-        assert hits[BASE] / len(held) <= 0.2
-    finally:
-        proc.terminate()
-        proc.wait(60)
-        log.close()
+    served = start_server(ft_home, "--model", BASE, "--model", adapter["ref"], "--max-slots", 8)
+    client = OpenAI(base_url=served.v1, api_key="unused", max_retries=0)
+    assert {BASE, adapter["ref"]} <= {m.id for m in client.models.list().data}
+    hits = {BASE: 0, adapter["ref"]: 0}
+    for rec in held:
+        for model in hits:
+            reply = client.chat.completions.create(model=model, messages=rec["messages"][:-1], max_tokens=14,
+                                                   temperature=0)
+            assert reply.model == model
+            hits[model] += reply.choices[0].message.content.strip() == rec["messages"][-1]["content"]
+    assert hits[adapter["ref"]] / len(held) >= 0.8
+    assert hits[BASE] / len(held) <= 0.2
