@@ -5,16 +5,19 @@
 Measures single-stream decode tok/s and aggregate tok/s for 8 and 32 concurrent requests of --new-tokens
 new tokens each (greedy, EOS ignored so every request produces exactly that many), prints both and the
 ratio, and the engine's resident memory with 32 slots x 2048 positions. With --int8 it also runs the int8
-weight path and compares perplexity with fp32 on the same texts (prose, and this file as code).
+weight path and compares perplexity with fp32 on the same texts (prose, and the standard library's textwrap.py
+as code). Everything, transformers included, runs on the compute thread (engine/compute.py).
 """
 
 import argparse
 import math
 import os
+import textwrap
 import time
 
 import torch
 
+from ember.engine import compute
 from ember.engine.engine import Engine
 from ember.engine.sampling import SamplingParams
 
@@ -93,7 +96,9 @@ def main():
     ap.add_argument("--int8", action="store_true", help="also measure the int8 weight path")
     ap.add_argument("--skip-hf", action="store_true")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    # All torch work, transformers' included, runs on Ember's compute thread: one OpenMP team in the process
+    # (engine/compute.py), so neither side is slowed by the other's idle worker threads.
+    compute.set_threads(a.threads)
     rows = []
     if not os.path.isdir(a.model):
         from ember.models.loading import resolve_folder
@@ -105,26 +110,27 @@ def main():
     engine = Engine.load(a.model, max_slots=32, max_seq_len=2048)
     bench_ember(engine, 32, 8)
     rss = rss_gib()
-    texts = {"prose": PPL_TEXT, "code": open(__file__).read()[:3000]}
-    ppl32 = {k: perplexity(engine, t) for k, t in texts.items()}
+    # Code: the standard library's textwrap.py, the same text on every machine with this Python.
+    texts = {"prose": PPL_TEXT, "code": open(textwrap.__file__).read()[:3000]}
+    ppl32 = {k: compute.run(perplexity, engine, t) for k, t in texts.items()}
     # Worst case: every slot filled to 2048 positions (touch the whole cache so all of it is resident).
-    engine.cache.k.zero_()
-    engine.cache.v.zero_()
+    compute.run(engine.cache.k.zero_)
+    compute.run(engine.cache.v.zero_)
     rss_full = rss_gib()
     int8, hf, ember = {}, {}, {}
     q = Engine.load(a.model, max_slots=32, max_seq_len=2048, quantize="int8") if a.int8 else None
-    ppl8 = {k: perplexity(q, t) for k, t in texts.items()} if q else None
+    ppl8 = {k: compute.run(perplexity, q, t) for k, t in texts.items()} if q else None
     model = tok = None
     if not a.skip_hf:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).eval()
+        model = compute.run(AutoModelForCausalLM.from_pretrained, a.model, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(a.model)
     # Interleaved per row, so Ember and transformers see the same machine load (it is shared and noisy).
     for n in (1, 8, 32):
         ember[n] = bench_ember(engine, n, a.new_tokens)
         if model is not None:
-            hf[n] = bench_hf(model, tok, n, a.new_tokens)
+            hf[n] = compute.run(bench_hf, model, tok, n, a.new_tokens)
         if q is not None:
             int8[n] = bench_ember(q, n, a.new_tokens)
         print(f"  {n} concurrent: ember {ember[n]:.1f}, transformers {hf.get(n, 0):.1f}, int8 {int8.get(n, 0):.1f} "

@@ -10,6 +10,7 @@ ones end); finished hypotheses are scored sum(logprobs) / generated_length ** le
 
 import torch
 
+from ember.engine import compute
 from ember.engine.kv_cache import make_batch
 from ember.engine.sampling import SamplingParams
 
@@ -26,9 +27,32 @@ def _prefill(model, cache, ids: list[int], chunk: int = 512) -> torch.Tensor:
     return logits
 
 
-def beam_search(model, prompt_ids: list[int], params: SamplingParams, max_new: int,
-                eos_ids: list[int]) -> list[tuple[list[int], str]]:
-    """-> up to num_beams (generated token ids, finish reason) pairs, best first."""
+def beam_search(model, prompt_ids: list[int], params: SamplingParams, max_new: int, eos_ids: list[int],
+                cancelled=None) -> list[tuple[list[int], str]] | None:
+    """-> up to num_beams (generated token ids, finish reason) pairs, best first; None if cancelled() turned
+    true. Each step runs as its own task on the compute thread, so the continuous batch's steps go on
+    in between, and cancelled() is checked before every step."""
+    steps = _beam_steps(model, prompt_ids, params, max_new, eos_ids)
+    while True:
+        if cancelled is not None and cancelled():
+            steps.close()
+            return None
+        done, result = compute.run(_resume, steps)
+        if done:
+            return result
+
+
+@torch.inference_mode()
+def _resume(steps):
+    try:
+        next(steps)
+        return False, None
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def _beam_steps(model, prompt_ids: list[int], params: SamplingParams, max_new: int, eos_ids: list[int]):
+    """A generator: one forward per next(); its return value is beam_search's result."""
     k, lp_pow, early = params.num_beams, params.length_penalty, params.early_stopping
     eos = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_ids))
     P = len(prompt_ids)
@@ -38,6 +62,7 @@ def beam_search(model, prompt_ids: list[int], params: SamplingParams, max_new: i
     top_mask[:k] = True
     cache = model.make_cache(k, max_length + 1)
     logits = _prefill(model, cache, prompt_ids).float()
+    yield
     for s in range(1, k):
         cache.copy_slot(0, s, P)
     logits = logits.expand(k, -1)
@@ -83,6 +108,7 @@ def beam_search(model, prompt_ids: list[int], params: SamplingParams, max_new: i
         cache.reorder(list(range(k)), beam_src, cur - 1)
         b = make_batch([(i, cur - 1, running[i][-1]) for i in range(k)], [], [])
         logits = model.forward(b, cache).float()
+        yield
     out = []
     for seq in fin_seqs:
         reason = "stop" if seq and seq[-1] in eos else "length"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ember.engine import compute
 from ember.errors import InvalidRequest, Unsupported
 from ember.models.loading import load_tokenizer, read_json, resolve_folder
 
@@ -37,8 +38,8 @@ class Encoder:
                               f"(supported: {', '.join(sorted(ENCODER_TYPES))})")
         if not list(folder.glob("*.safetensors")):
             raise Unsupported(f"{folder} has no safetensors weights")
-        model = BertModel.from_pretrained(str(folder), config=BertConfig(**cfg), use_safetensors=True,
-                                          local_files_only=True, add_pooling_layer=False).eval()
+        model = compute.run(BertModel.from_pretrained, str(folder), config=BertConfig(**cfg), use_safetensors=True,
+                            local_files_only=True, add_pooling_layer=False).eval()
         tok = load_tokenizer(folder)
         if tok is None:
             raise Unsupported(f"{folder} has no tokenizer")
@@ -59,6 +60,9 @@ class Encoder:
             texts = [texts]
         if not all(isinstance(t, str) for t in texts):
             raise InvalidRequest("embedding input must be strings", param="input")
+        return compute.run(self._embed, texts)
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out: list[list[float] | None] = [None] * len(texts)
         with torch.inference_mode():

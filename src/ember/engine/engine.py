@@ -3,9 +3,9 @@
     engine = Engine.load("smollm2-135m-instruct", max_slots=32, max_seq_len=2048)
     print(engine.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=20))[0].text)
 
-One background thread owns the model and the KV cache and runs the step loop: take new requests and
-aborts, let the scheduler compose the step, run one forward over every running sequence, sample all rows
-at once, hand out deltas. Callers only put requests on a queue, so `stream` never blocks an event loop;
+One background thread per engine runs the step loop: take new requests and aborts, then have the step
+(compose the batch, one forward over every running sequence, sample all rows at once, hand out deltas)
+run on the process's compute thread (engine/compute.py), where all of Ember's heavy torch work runs. Callers only put requests on a queue, so `stream` never blocks an event loop;
 deltas come back to it through `loop.call_soon_threadsafe`.
 """
 
@@ -17,7 +17,7 @@ import uuid
 
 import torch
 
-from ember.engine import beam
+from ember.engine import beam, compute
 from ember.engine.detok import Detokenizer
 from ember.engine.kv_cache import make_batch
 from ember.engine.sampling import SamplingParams, sample, seeded_generator, token_logprobs
@@ -55,12 +55,8 @@ class Engine:
         quantize="int8": dynamic int8 weights for the projections (faster, not bit-equal to transformers)."""
         threads = threads or (settings.threads if settings is not None and settings.threads else None)
         if threads:
-            torch.set_num_threads(threads)
-        loaded = load_model(ref_or_path, settings)
-        if quantize:
-            from ember.models.loading import quantize_model
-
-            quantize_model(loaded.model, quantize, loaded.tokenizer)
+            compute.set_threads(threads)
+        loaded = compute.run(load_model, ref_or_path, settings, quantize=quantize)
         return cls(loaded, max_slots=max_slots, max_seq_len=max_seq_len, step_tokens=step_tokens)
 
     # ----- counters the server exports as metrics -----
@@ -155,7 +151,8 @@ class Engine:
         done = threading.Event()
         self._inbox.put(("abort", request_id, done))
         self._wake.set()
-        if wait and self._thread is not None and self._thread is not threading.current_thread():
+        if (wait and self._thread is not None and self._thread is not threading.current_thread()
+                and not compute.on_compute_thread()):
             done.wait()
 
     def generate(self, prompts: list, params: SamplingParams | list[SamplingParams]) -> list[Completion]:
@@ -195,11 +192,14 @@ class Engine:
         all_done.wait()
         return results
 
-    def beam_search(self, prompt, params: SamplingParams) -> Completion:
+    def beam_search(self, prompt, params: SamplingParams, cancelled=None) -> Completion | None:
+        """Runs outside the continuous batch (its beams live in a private cache), one step at a time on the
+        compute thread between the batch's steps. Returns None once cancelled() (checked every step) is true."""
         ids = self.encode(prompt)
         max_tokens = self.check(ids, params)
-        with torch.inference_mode():
-            beams = beam.beam_search(self.model, ids, params, max_tokens, self.eos_ids)
+        beams = beam.beam_search(self.model, ids, params, max_tokens, self.eos_ids, cancelled)
+        if beams is None:
+            return None
         choices = []
         for i, (toks, reason) in enumerate(beams[: params.n]):
             text = (self.tokenizer.decode(toks, skip_special_tokens=params.skip_special_tokens)
@@ -265,23 +265,25 @@ class Engine:
                 msg[2].set()
 
     def _run(self) -> None:
-        with torch.inference_mode():
-            while not self._closed:
-                self._drain()
-                if not self.sched.has_work():
-                    self._wake.wait(0.5)
-                    self._wake.clear()
-                    continue
-                try:
-                    self._step()
-                except Exception:  # noqa: BLE001 - a bug must end the requests, not hang their callers
-                    log.exception("engine step failed; ending all running requests")
-                    for req in list(self._requests.values()):
-                        for s in req.seqs:
-                            if s.finish_reason is None:
-                                self._finish(s, "error", [], None)
+        while not self._closed:
+            self._drain()
+            if not self.sched.has_work():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                compute.run(self._step)
+            except Exception:  # noqa: BLE001 - a bug must end the requests, not hang their callers
+                log.exception("engine step failed; ending all running requests")
+                for req in list(self._requests.values()):
+                    for s in req.seqs:
+                        if s.finish_reason is None:
+                            self._finish(s, "error", [], None)
 
+    @torch.inference_mode()
     def _step(self) -> None:
+        """One forward over every running sequence; runs on the compute thread (engine/compute.py) while
+        the engine thread waits, so the scheduler is never touched by two threads at once."""
         decode, prefill = self.sched.schedule()
         want = [s.n_cached + n == len(s.prompt_ids) for s, n in prefill]
         b = make_batch([(s.slot, s.n_cached, s.output_ids[-1]) for s in decode],

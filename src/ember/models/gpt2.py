@@ -14,12 +14,14 @@ import torch.nn.functional as F
 
 from ember.engine.kv_cache import KVCache, StepBatch
 from ember.errors import Unsupported
+from ember.models.packed import linear
 
 
 @dataclass
 class GPT2Layer:
     ln1_w: torch.Tensor
     ln1_b: torch.Tensor
+    # Weights are [in, out] tensors, or PackedLinear with the bias fused in (then the b_* field is None).
     w_attn: torch.Tensor  # [hidden, 3*hidden]
     b_attn: torch.Tensor
     w_proj: torch.Tensor
@@ -82,11 +84,11 @@ class GPT2Decoder:
         x = self.wte[b.tokens] + self.wpe[b.positions]
         for i, L in enumerate(self.layers):
             h = F.layer_norm(x, (E,), L.ln1_w, L.ln1_b, self.eps)
-            qkv = torch.addmm(L.b_attn, h, L.w_attn)
+            qkv = linear(h, L.w_attn, L.b_attn)
             q, k, v = (t.view(T, H, D) for t in qkv.split(E, dim=1))
             a = cache.attend(i, q, k, v, b, self.scales[i])
-            x = x + torch.addmm(L.b_proj, a, L.w_proj)
+            x = x + linear(a, L.w_proj, L.b_proj)
             h = F.layer_norm(x, (E,), L.ln2_w, L.ln2_b, self.eps)
-            x = x + torch.addmm(L.b_out, self.act(torch.addmm(L.b_fc, h, L.w_fc)), L.w_out)
+            x = x + linear(self.act(linear(h, L.w_fc, L.b_fc)), L.w_out, L.b_out)
         x = F.layer_norm(x[b.logit_index], (E,), self.lnf_w, self.lnf_b, self.eps)
         return x @ self.lm_head

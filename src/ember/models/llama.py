@@ -3,9 +3,9 @@
     engine = Engine.load("smollm2-135m-instruct")      # loading.load_model picks LlamaDecoder for model_type llama
 
 Weights come from a Hugging Face safetensors folder and are rearranged once at load time for CPU decode:
-Q/K/V fused into one [hidden, (H+2KV)*D] matrix and gate/up into one [hidden, 2*I] matrix, all stored
-pre-transposed and contiguous so every projection is a plain `x @ W` (faster than F.linear at the batch
-sizes of decode, see DESIGN.md). Logits equal transformers' LlamaForCausalLM within float tolerance
+Q/K/V fused into one [hidden, (H+2KV)*D] matrix and gate/up into one [hidden, 2*I] matrix, pre-transposed
+so every projection is a plain `x @ W`. load_model then swaps each matrix for a oneDNN-packed one
+(models/packed.py) or an int8 one (models/int8.py); both also work as `x @ W`, so this file does not change. Logits equal transformers' LlamaForCausalLM within float tolerance
 (tests/models/test_llama.py).
 """
 
@@ -110,7 +110,7 @@ class LlamaDecoder:
         half = D // 2
         for i, L in enumerate(self.layers):
             h = rms_norm(x, L.ln1, self.eps)
-            qkv = h @ L.wqkv if L.bqkv is None else (h @ L.wqkv) + L.bqkv
+            qkv = h @ L.wqkv if L.bqkv is None else (h @ L.wqkv) + L.bqkv  # packed: bias fused, bqkv None
             q = qkv[:, : H * D].view(T, H, D)
             k = qkv[:, H * D : (H + KV) * D].view(T, KV, D)
             v = qkv[:, (H + KV) * D :].view(T, KV, D)

@@ -6,10 +6,12 @@ the merged stream of their deltas, abort on disconnect, and the metrics and log 
 `Run.events()` yields `(prompt_index, Delta)` in arrival order; Delta.index is the choice within its prompt.
 Requests go to the engine with `add_request` rather than `stream` so that a bad request fails before any
 response header is sent, and so that one abort path covers every way a request can end early (client gone,
-shutdown, an error while formatting). Beam search runs in a worker thread through `engine.beam_search`.
+shutdown, an error while formatting). Beam search runs in a worker thread through `engine.beam_search`,
+which checks the run's cancel flag before every step.
 """
 
 import asyncio
+import threading
 import time
 import uuid
 
@@ -34,6 +36,7 @@ class Run:
         self.aborted = False
         self._closed = False
         self._q: asyncio.Queue | None = None
+        self._cancel = threading.Event()  # stops this run's beam searches
 
     async def admit(self) -> None:
         """Waits for room (or raises Overloaded at once when the queue is full)."""
@@ -57,7 +60,7 @@ class Run:
             rid = f"{self.request_id}-{pi}"
             if self.params.use_beam_search:
                 self._pending.add(rid)
-                fut = loop.run_in_executor(None, engine.beam_search, ids, self.params)
+                fut = loop.run_in_executor(None, engine.beam_search, ids, self.params, self._cancel.is_set)
                 fut.add_done_callback(lambda f, pi=pi, rid=rid: q.put_nowait(("beam", pi, rid, f)))
                 continue
             cb = (lambda d, pi=pi: loop.call_soon_threadsafe(q.put_nowait, ("delta", pi, None, d)))
@@ -78,7 +81,7 @@ class Run:
                 if kind == "beam":
                     self._pending.discard(rid)
                     comp = item.result()  # re-raises an error of the beam search itself
-                    for c in comp.choices:
+                    for c in comp.choices if comp is not None else []:
                         last = c.index == len(comp.choices) - 1
                         d = Delta(comp.request_id, c.index, c.text, c.token_ids, c.logprobs, c.finish_reason,
                                   comp.usage if last else None)
@@ -110,8 +113,9 @@ class Run:
     def _abort_pending(self) -> None:
         if self._pending:
             self.aborted = True
+            self._cancel.set()
             for rid in list(self._pending):
-                self.served.engine.abort(rid)  # a no-op for a beam search, which cannot be stopped
+                self.served.engine.abort(rid)  # a no-op for a beam search, which the cancel flag stops
             self._pending.clear()
 
     def close(self, status: int = 200) -> None:

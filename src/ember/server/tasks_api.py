@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from ember.engine import compute
 from ember.errors import InvalidRequest
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady
@@ -101,7 +102,7 @@ async def classify(body: TaskRequest, request: Request):
     served = _served(request, body.model, "text-classification")
     texts = _inputs(body)
     async with served.admission.slot():
-        ranked = await asyncio.get_running_loop().run_in_executor(None, _classify, request, served, texts)
+        ranked = await asyncio.get_running_loop().run_in_executor(compute.EXECUTOR, _classify, request, served, texts)
     request.state.log.update({"model": served.id, "inputs": len(texts)})
     return {"object": "list", "model": served.id,
             "data": [{"object": "classification", "index": i, "label": r[0]["label"], "score": r[0]["score"],
@@ -113,7 +114,7 @@ async def tag(body: TaskRequest, request: Request):
     served = _served(request, body.model, "token-classification")
     texts = _inputs(body)
     async with served.admission.slot():
-        tagged = await asyncio.get_running_loop().run_in_executor(None, _tag, request, served, texts)
+        tagged = await asyncio.get_running_loop().run_in_executor(compute.EXECUTOR, _tag, request, served, texts)
     request.state.log.update({"model": served.id, "inputs": len(texts)})
     return {"object": "list", "model": served.id,
             "data": [{"object": "tagging", "index": i, **t} for i, t in enumerate(tagged)]}
