@@ -35,16 +35,18 @@ def free_port() -> int:
 
 # ----- the baseline server: transformers generate, one request at a time -----
 def baseline_server(port: int, folder: str) -> None:
-    import threading
-
     import torch
     import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Loading and every generate run on one thread, as Ember's do (one OpenMP team; see engine/compute.py).
+    worker = ThreadPoolExecutor(max_workers=1)
     tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = worker.submit(lambda: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()).result()
     app = FastAPI()
     lock = asyncio.Lock()
 
@@ -62,15 +64,14 @@ def baseline_server(port: int, folder: str) -> None:
                 streamer = TextIteratorStreamer(tok, skip_prompt=True)
                 ids = tok(body["prompt"], return_tensors="pt")
                 kw = dict(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=streamer)
-                t = threading.Thread(target=lambda: model.generate(**kw))
-                t.start()
+                done = worker.submit(lambda: model.generate(**kw))
                 it = iter(streamer)
                 while True:
                     piece = await asyncio.to_thread(next, it, None)
                     if piece is None:
                         break
                     yield f"data: {json.dumps({'choices': [{'index': 0, 'text': piece, 'finish_reason': None}]})}\n\n"
-                t.join()
+                done.result()
                 usage = {"prompt_tokens": ids["input_ids"].shape[1], "completion_tokens": n}
                 yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
                 yield "data: [DONE]\n\n"

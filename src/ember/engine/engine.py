@@ -138,7 +138,8 @@ class Engine:
             gen = None if params.greedy else seeded_generator(params.seed, i)
             req.seqs.append(Sequence(req, i, ids, params, gen,
                                      Detokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens),
-                                     max_tokens, logprobs=[] if params.logprobs is not None else None))
+                                     max_tokens, logprobs=[] if params.logprobs is not None else None,
+                                     parent=req.seqs[0] if i else None))
         req.stop_ids = stop_ids
         self._ensure_thread()
         self._inbox.put(("add", req))
@@ -284,7 +285,9 @@ class Engine:
     def _step(self) -> None:
         """One forward over every running sequence; runs on the compute thread (engine/compute.py) while
         the engine thread waits, so the scheduler is never touched by two threads at once."""
-        decode, prefill = self.sched.schedule()
+        decode, prefill, copies = self.sched.schedule()
+        for src, dst, n in copies:
+            self.cache.copy_slot(src, dst, n)
         want = [s.n_cached + n == len(s.prompt_ids) for s, n in prefill]
         b = make_batch([(s.slot, s.n_cached, s.output_ids[-1]) for s in decode],
                        [(s.slot, s.n_cached, s.prompt_ids[s.n_cached : s.n_cached + n]) for s, n in prefill], want)

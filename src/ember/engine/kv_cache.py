@@ -90,14 +90,17 @@ class KVCache:
             self.finite[slot] = max(self.finite[slot], pos + 1)
         for slot in range(b.hi):
             if self.finite[slot] < b.lmax:
-                self.k[:, slot, :, self.finite[slot] : b.lmax].zero_()
-                self.v[:, slot, :, self.finite[slot] : b.lmax].zero_()
-                self.finite[slot] = b.lmax
+                # 64 positions ahead: one small zero_ per slot every 64 steps instead of every step.
+                end = min(self.max_seq_len, b.lmax + 64)
+                self.k[:, slot, :, self.finite[slot] : end].zero_()
+                self.v[:, slot, :, self.finite[slot] : end].zero_()
+                self.finite[slot] = end
 
     def copy_slot(self, src: int, dst: int, length: int) -> None:
         """Beam search and n>1 forks: make slot dst hold the first `length` positions of slot src."""
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+        self.finite[dst] = max(self.finite[dst], length)
 
     def reorder(self, slots: list[int], sources: list[int], length: int) -> None:
         """Beam search: slot slots[i] takes the contents of slot sources[i] (all read before any write)."""

@@ -80,6 +80,7 @@ class Sequence:
     slot: int = -1
     n_cached: int = 0  # positions of this sequence already in its cache slot
     finish_reason: str | None = None
+    parent: "Sequence | None" = None  # choice 0 of the same request (n > 1): its prompt cache is copied, not recomputed
 
     @property
     def prefilled(self) -> bool:
@@ -117,24 +118,43 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> tuple[list[Sequence], list[tuple[Sequence, int]]]:
-        """-> (decode sequences, [(prefill sequence, chunk length)]) for the next step."""
+    def schedule(self) -> tuple[list[Sequence], list[tuple[Sequence, int]], list[tuple[int, int, int]]]:
+        """-> (decode sequences, [(prefill sequence, chunk length)], [(from slot, to slot, positions)]) for
+        the next step; the cache copies must happen before the step's forward."""
         decode = [s for s in self.running if s.prefilled]
         budget = max(self.step_tokens - len(decode), 1)
-        prefill = []
+        prefill, copies = [], []
         for s in self.running:
             if not s.prefilled and budget > 0:
-                n = min(len(s.prompt_ids) - s.n_cached, budget)
-                prefill.append((s, n))
-                budget -= n
+                n = self._prefill_len(s, budget, copies)
+                if n:
+                    prefill.append((s, n))
+                    budget -= n
         while self.waiting and self.free and budget > 0:
             s = self.waiting.popleft()
             s.slot = heapq.heappop(self.free)
             self.running.append(s)
-            n = min(len(s.prompt_ids), budget)
-            prefill.append((s, n))
-            budget -= n
-        return decode, prefill
+            n = self._prefill_len(s, budget, copies)
+            if n:
+                prefill.append((s, n))
+                budget -= n
+        return decode, prefill, copies
+
+    @staticmethod
+    def _prefill_len(s: Sequence, budget: int, copies: list) -> int:
+        """Prompt tokens s computes this step. Choices 1..n-1 of a request share choice 0's prompt: they wait
+        while it prefills, then copy all but the last prompt position from its slot and compute only the last
+        token (for their own first logits). If choice 0 is gone before that, they prefill on their own."""
+        p = s.parent
+        if p is not None:
+            shared = len(s.prompt_ids) - 1
+            if p.slot >= 0 and p.n_cached < shared:
+                return 0
+            if p.slot >= 0 and shared > 0:
+                copies.append((p.slot, s.slot, shared))
+                s.n_cached = shared
+            s.parent = None
+        return min(len(s.prompt_ids) - s.n_cached, budget)
 
     def release(self, seq: Sequence) -> None:
         """Frees the slot of a finished or aborted sequence; a waiting one can take it in the next step."""
