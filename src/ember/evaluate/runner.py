@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from ember.config import Settings, get_settings
+from ember.engine import compute
 from ember.errors import InvalidRequest
 from ember.evaluate import metrics as M
 from ember.evaluate.tasks import Task, load_examples, render
@@ -30,12 +31,13 @@ def run(ref: str, task: Task, *, settings: Settings | None = None, limit: int | 
     examples = load_examples(task, limit)
     started = time.perf_counter()
     if task.type == "perplexity":
-        metrics, outputs = _perplexity(info.ref, task, examples, settings, on_progress)
+        # transformers' forwards run on the compute thread, where the engine's steps run (engine/compute.py).
+        metrics, outputs = compute.run(_perplexity, info.ref, task, examples, settings, on_progress)
     else:
         arch = " ".join(info.metadata.get("architectures") or [str(info.metadata.get("architecture", ""))])
         if task.type in ("classify", "tag") and ("ForSequenceClassification" in arch or "ForTokenClassification"
                                                  in arch):
-            preds, outputs = _encoder_predict(info.ref, task, examples, settings, on_progress)
+            preds, outputs = compute.run(_encoder_predict, info.ref, task, examples, settings, on_progress)
         else:
             preds, outputs = _generate(info.ref, task, examples, settings, on_progress)
         metrics, signatures = score(task, preds, [ex[task.reference] for ex in examples], outputs)
