@@ -60,20 +60,20 @@ class Encoder:
             texts = [texts]
         if not all(isinstance(t, str) for t in texts):
             raise InvalidRequest("embedding input must be strings", param="input")
-        return compute.run(self._embed, texts)
-
-    def _embed(self, texts: list[str]) -> list[list[float]]:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out: list[list[float] | None] = [None] * len(texts)
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_seq_length, return_tensors="pt")
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                for i, v in zip(idx, pooled.tolist()):
-                    out[i] = v
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                 max_length=self.max_seq_length, return_tensors="pt")
+            # One compute-thread task per batch: a large request does not stall running decode streams.
+            for i, v in zip(idx, compute.run(self._pooled, enc)):
+                out[i] = v
         return out
+
+    @torch.inference_mode()
+    def _pooled(self, enc) -> list[list[float]]:
+        hidden = self.model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1).tolist()

@@ -20,7 +20,6 @@ import uuid
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
-from ember.engine import compute
 from ember.engine.sampling import SamplingParams
 from ember.errors import EmberError, InvalidRequest
 from ember.server import formats
@@ -252,7 +251,7 @@ async def embeddings(body: EmbeddingRequest, request: Request):
         raise InvalidRequest("input token id out of range", param="input")
     t0 = time.perf_counter()
     async with served.admission.slot():
-        vecs, counts = await asyncio.get_running_loop().run_in_executor(compute.EXECUTOR, _embed_locked, served, inputs)
+        vecs, counts = await asyncio.get_running_loop().run_in_executor(None, _embed_locked, served, inputs)
     dim = len(vecs[0]) if vecs else 0
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidRequest(f"this model's embeddings have {dim} dimensions; it cannot shorten them",
