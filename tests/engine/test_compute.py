@@ -3,6 +3,9 @@
     .venv/bin/python -m pytest tests/engine/test_compute.py -q
 """
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -51,3 +54,18 @@ def test_a_cancelled_beam_search_stops(smol_engine):
 
     assert smol_engine.beam_search("Tell me a story.", SamplingParams(num_beams=4, max_tokens=200), cancelled) is None
     assert len(steps) == 4  # three beam steps ran, then it stopped instead of running 200
+
+
+def test_exiting_with_a_request_running_prints_no_traceback(smollm2_dir):
+    script = textwrap.dedent(f"""
+        import time
+        from ember.engine.engine import Engine
+        from ember.engine.sampling import SamplingParams
+        e = Engine.load({str(smollm2_dir)!r}, max_slots=2, max_seq_len=256)
+        e.add_request("Tell me a story", SamplingParams(max_tokens=200, ignore_eos=True), lambda d: None)
+        time.sleep(0.5)
+        print("exiting")
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "exiting"
+    assert "Traceback" not in r.stderr and "failed" not in r.stderr

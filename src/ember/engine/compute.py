@@ -31,9 +31,16 @@ def on_compute_thread() -> bool:
     return getattr(_local, "compute", False)
 
 
+class Closed(RuntimeError):
+    """The interpreter is exiting: the compute thread takes no new work."""
+
+
 def submit(fn, *args, **kwargs) -> Future:
     """Queues fn on the compute thread; asyncio callers await `asyncio.wrap_future(submit(...))`."""
-    return EXECUTOR.submit(fn, *args, **kwargs)
+    try:
+        return EXECUTOR.submit(fn, *args, **kwargs)
+    except RuntimeError as e:  # "cannot schedule new futures after (interpreter) shutdown"
+        raise Closed(str(e)) from None
 
 
 def run(fn, *args, **kwargs):
@@ -41,7 +48,7 @@ def run(fn, *args, **kwargs):
     compute thread itself it runs inline, so nested calls cannot deadlock."""
     if on_compute_thread():
         return fn(*args, **kwargs)
-    return EXECUTOR.submit(fn, *args, **kwargs).result()
+    return submit(fn, *args, **kwargs).result()
 
 
 def set_threads(n: int) -> None:

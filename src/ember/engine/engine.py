@@ -274,6 +274,8 @@ class Engine:
                 continue
             try:
                 compute.run(self._step)
+            except compute.Closed:  # the process is exiting with requests still running: nothing to report
+                return
             except Exception:  # noqa: BLE001 - a bug must end the requests, not hang their callers
                 log.exception("engine step failed; ending all running requests")
                 for req in list(self._requests.values()):
