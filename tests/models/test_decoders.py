@@ -63,6 +63,16 @@ def test_llama_logits_match_transformers(tiny_llama):
     _check_chunked_and_batched(*tiny_llama)
 
 
+def test_tied_llama_logits_match_transformers(tmp_path):
+    """Tied embeddings (SmolLM2's layout): the packed LM head and the file-mapped embedding lookup."""
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True)
+    m = LlamaForCausalLM(cfg).eval()
+    _check_chunked_and_batched(m, _save(m, tmp_path))
+
+
 def test_gpt2_logits_match_transformers(tiny_gpt2):
     _check_chunked_and_batched(*tiny_gpt2)
 
