@@ -9,6 +9,8 @@ team, even an idle one left by a loader thread, made SmolLM2's 32-stream decode 
 640 tok/s when every torch call comes from one thread, 480 when the model was loaded on another).
 Routing all heavy work through one thread keeps one team. Work from different engines, the encoder and
 beam search interleaves here in submission order; each task is short (one step, one batch).
+Rule: a task must never wait for a lock that a thread blocked in `run` may hold (take locks outside, then
+`run` inside them), and never call `Engine.abort(wait=True)` style waits on other threads.
 """
 
 import threading

@@ -69,11 +69,11 @@ def _head(request: Request, served, task: str):
             if task == "text-classification":
                 from ember.finetune.classify import Classifier
 
-                head = Classifier(folder)
+                head = compute.run(Classifier, folder)
             else:
                 from ember.finetune.tag import Tagger
 
-                head = Tagger(folder)
+                head = compute.run(Tagger, folder)
             cache[served.ref] = head
         return head
 
@@ -85,16 +85,18 @@ def _inputs(body: TaskRequest) -> list[str]:
     return items
 
 
+# These run in a worker thread and hand the model work to the compute thread while holding the model's
+# lock; nothing on the compute thread ever takes that lock, so the two cannot wait on each other.
 def _classify(request, served, texts):
     head = _head(request, served, "text-classification")
     with served.lock:
-        return head.predict(texts)
+        return compute.run(head.predict, texts)
 
 
 def _tag(request, served, texts):
     head = _head(request, served, "token-classification")
     with served.lock:
-        return [head.tag(t) for t in texts]
+        return compute.run(lambda: [head.tag(t) for t in texts])
 
 
 @router.post("/v1/classify")
@@ -102,7 +104,7 @@ async def classify(body: TaskRequest, request: Request):
     served = _served(request, body.model, "text-classification")
     texts = _inputs(body)
     async with served.admission.slot():
-        ranked = await asyncio.get_running_loop().run_in_executor(compute.EXECUTOR, _classify, request, served, texts)
+        ranked = await asyncio.get_running_loop().run_in_executor(None, _classify, request, served, texts)
     request.state.log.update({"model": served.id, "inputs": len(texts)})
     return {"object": "list", "model": served.id,
             "data": [{"object": "classification", "index": i, "label": r[0]["label"], "score": r[0]["score"],
@@ -114,7 +116,7 @@ async def tag(body: TaskRequest, request: Request):
     served = _served(request, body.model, "token-classification")
     texts = _inputs(body)
     async with served.admission.slot():
-        tagged = await asyncio.get_running_loop().run_in_executor(compute.EXECUTOR, _tag, request, served, texts)
+        tagged = await asyncio.get_running_loop().run_in_executor(None, _tag, request, served, texts)
     request.state.log.update({"model": served.id, "inputs": len(texts)})
     return {"object": "list", "model": served.id,
             "data": [{"object": "tagging", "index": i, **t} for i, t in enumerate(tagged)]}
