@@ -214,7 +214,11 @@ class Engine:
         """Yields Delta objects as tokens come; aborts the request if the consumer stops early."""
         loop = asyncio.get_running_loop()
         if params.use_beam_search:
-            comp = await loop.run_in_executor(None, self.beam_search, prompt, params)
+            cancel = threading.Event()
+            try:
+                comp = await loop.run_in_executor(None, self.beam_search, prompt, params, cancel.is_set)
+            finally:
+                cancel.set()  # a consumer that stopped waiting stops the search at its next step
             for c in comp.choices:
                 last = c.index == len(comp.choices) - 1
                 yield Delta(comp.request_id, c.index, c.text, c.token_ids, None, c.finish_reason,
