@@ -64,12 +64,17 @@ def test_llama_logits_match_transformers(tiny_llama):
 
 
 def test_tied_llama_logits_match_transformers(tmp_path):
-    """Tied embeddings (SmolLM2's layout): the packed LM head and the file-mapped embedding lookup."""
+    """Tied embeddings (SmolLM2's layout): the packed LM head and the file-mapped embedding lookup; with a
+    q/k/v bias, which the packed projection fuses."""
     torch.manual_seed(1)
     cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True)
+                      tie_word_embeddings=True, attention_bias=True)
     m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("_proj.bias"):
+                p.normal_(std=0.5)  # transformers initialises biases to zero, which would test nothing
     _check_chunked_and_batched(m, _save(m, tmp_path))
 
 

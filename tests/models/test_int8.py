@@ -17,7 +17,11 @@ def test_int8_weights_stay_close(tmp_path, tied):
     torch.manual_seed(0)
     hf = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2,
-                                      tie_word_embeddings=tied)).eval()
+                                      tie_word_embeddings=tied, attention_bias=tied)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("_proj.bias"):
+                p.normal_(std=0.5)  # zero by default, which would not show a lost bias
     hf.save_pretrained(tmp_path)
     m, m8 = load_model(tmp_path).model, load_model(tmp_path, quantize="int8").model
     ids = list(range(3, 60))

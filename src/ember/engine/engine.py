@@ -5,8 +5,9 @@
 
 One background thread per engine runs the step loop: take new requests and aborts, then have the step
 (compose the batch, one forward over every running sequence, sample all rows at once, hand out deltas)
-run on the process's compute thread (engine/compute.py), where all of Ember's heavy torch work runs. Callers only put requests on a queue, so `stream` never blocks an event loop;
-deltas come back to it through `loop.call_soon_threadsafe`.
+run on the process's compute thread (engine/compute.py), where all of Ember's heavy torch work runs.
+Callers only put requests on a queue, so `stream` never blocks an event loop; deltas come back to it
+through `loop.call_soon_threadsafe`.
 """
 
 import asyncio

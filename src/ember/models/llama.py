@@ -5,8 +5,8 @@
 Weights come from a Hugging Face safetensors folder and are rearranged once at load time for CPU decode:
 Q/K/V fused into one [hidden, (H+2KV)*D] matrix and gate/up into one [hidden, 2*I] matrix, pre-transposed
 so every projection is a plain `x @ W`. load_model then swaps each matrix for a oneDNN-packed one
-(models/packed.py) or an int8 one (models/int8.py); both also work as `x @ W`, so this file does not change. Logits equal transformers' LlamaForCausalLM within float tolerance
-(tests/models/test_llama.py).
+(models/packed.py) or an int8 one (models/int8.py); both also work as `x @ W`, so this file does not
+change. Logits equal transformers' LlamaForCausalLM within float tolerance (tests/models/test_decoders.py).
 """
 
 from dataclasses import dataclass
@@ -24,9 +24,14 @@ class LlamaLayer:
     wqkv: torch.Tensor  # [hidden, (H + 2*KV) * D]
     bqkv: torch.Tensor | None
     wo: torch.Tensor  # [H*D, hidden]
+    bo: torch.Tensor | None  # o_proj bias (attention_bias=True)
     ln2: torch.Tensor
     wgu: torch.Tensor  # [hidden, 2*I]
     wdown: torch.Tensor  # [I, hidden]
+
+
+def _clone(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.clone()
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -67,6 +72,8 @@ class LlamaDecoder:
         self.max_positions = cfg.get("max_position_embeddings", 2048)
         if cfg.get("hidden_act", "silu") != "silu":
             raise Unsupported(f"activation {cfg.get('hidden_act')!r} is not supported for llama models")
+        if cfg.get("mlp_bias"):
+            raise Unsupported("Llama models with MLP biases (mlp_bias=true) are not supported")
         self.scale = self.head_dim**-0.5
         w = weights
         embed = w.pop("model.embed_tokens.weight")
@@ -88,11 +95,15 @@ class LlamaDecoder:
                 wqkv=torch.cat([q, k, v], 0).t().contiguous(),
                 bqkv=torch.cat(bias) if bias[0] is not None else None,
                 wo=w.pop(p + "self_attn.o_proj.weight").t().contiguous(),
+                bo=_clone(w.pop(p + "self_attn.o_proj.bias", None)),
                 ln2=w.pop(p + "post_attention_layernorm.weight").clone(),
                 wgu=torch.cat([w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")], 0)
                 .t().contiguous(),
                 wdown=w.pop(p + "mlp.down_proj.weight").t().contiguous(),
             ))
+        unused = [k for k in w if not k.endswith("rotary_emb.inv_freq")]
+        if unused:  # a weight this decoder would silently ignore means its outputs would be wrong
+            raise Unsupported(f"weights the Llama decoder does not implement: {', '.join(sorted(unused)[:4])}")
         inv_freq, att_scale = rope_inv_freq(cfg)
         freqs = torch.arange(self.max_positions, dtype=torch.float)[:, None] * inv_freq[None, :]
         emb = torch.cat([freqs, freqs], -1)
@@ -117,7 +128,7 @@ class LlamaDecoder:
             q = q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin
             k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
             a = cache.attend(i, q, k, v, b, self.scale)
-            x = x + a @ L.wo
+            x = x + (a @ L.wo if L.bo is None else (a @ L.wo) + L.bo)
             h = rms_norm(x, L.ln2, self.eps)
             gu = h @ L.wgu
             inter = gu.shape[1] // 2

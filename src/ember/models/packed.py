@@ -47,12 +47,13 @@ def pack_weights(model) -> None:
         return
     if model.family == "llama":
         for L in model.layers:
-            for name in ("wqkv", "wo", "wgu", "wdown"):
-                w = getattr(L, name)
-                if isinstance(w, torch.Tensor):
-                    bias = L.bqkv if name == "wqkv" else None
-                    setattr(L, name, PackedLinear(w, bias))
-            L.bqkv = None
+            if isinstance(L.wqkv, torch.Tensor):  # a q/k/v bias, if any, is fused into the packed projection
+                L.wqkv, L.bqkv = PackedLinear(L.wqkv, L.bqkv), None
+            if isinstance(L.wo, torch.Tensor):
+                L.wo, L.bo = PackedLinear(L.wo, L.bo), None
+            for name in ("wgu", "wdown"):
+                if isinstance(getattr(L, name), torch.Tensor):
+                    setattr(L, name, PackedLinear(getattr(L, name)))
         if isinstance(model.lm_head, torch.Tensor):
             if model.embed is None:
                 # Tied: the lookup gathered columns of the head; the packed head cannot be indexed.
