@@ -19,13 +19,25 @@ def _save(model, path):
     return path
 
 
+def _randomize(model):
+    """transformers initialises biases to 0 and norm weights to 1, which would let a decoder that ignores
+    them pass; give every one of them random values."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(std=0.5)
+            elif "norm" in name or ".ln_" in name:
+                p.normal_(mean=1.0, std=0.2)
+    return model
+
+
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                       num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128,
                       tie_word_embeddings=False)
-    m = LlamaForCausalLM(cfg).eval()
+    m = _randomize(LlamaForCausalLM(cfg).eval())
     return m, _save(m, tmp_path_factory.mktemp("llama"))
 
 
@@ -33,7 +45,7 @@ def tiny_llama(tmp_path_factory):
 def tiny_gpt2(tmp_path_factory):
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=300, n_embd=64, n_layer=3, n_head=4, n_positions=128)
-    m = GPT2LMHeadModel(cfg).eval()
+    m = _randomize(GPT2LMHeadModel(cfg).eval())
     return m, _save(m, tmp_path_factory.mktemp("gpt2"))
 
 
@@ -70,11 +82,7 @@ def test_tied_llama_logits_match_transformers(tmp_path):
     cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                       tie_word_embeddings=True, attention_bias=True)
-    m = LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("_proj.bias"):
-                p.normal_(std=0.5)  # transformers initialises biases to zero, which would test nothing
+    m = _randomize(LlamaForCausalLM(cfg).eval())
     _check_chunked_and_batched(m, _save(m, tmp_path))
 
 
