@@ -14,6 +14,7 @@ queueing than a full run would: they flatter the baseline).
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -25,6 +26,13 @@ from pathlib import Path
 import httpx
 
 PROMPT = "Write a detailed story about a lighthouse keeper who finds a message in a bottle."
+_request_ids = itertools.count()
+
+
+def prompt() -> str:
+    # A distinct first token per request: no request reuses another's cached prompt (engine/scheduler.py's
+    # prefix reuse), so every request computes its whole prompt, as with unrelated real traffic.
+    return f"{next(_request_ids)}. {PROMPT}"
 
 
 def free_port() -> int:
@@ -83,7 +91,7 @@ def baseline_server(port: int, folder: str) -> None:
 
 # ----- clients -----
 async def one_request(http: httpx.AsyncClient, url: str, model: str, max_tokens: int) -> dict:
-    body = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens, "stream": True, "temperature": 0,
+    body = {"model": model, "prompt": prompt(), "max_tokens": max_tokens, "stream": True, "temperature": 0,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     times, tokens = [], 0

@@ -50,3 +50,58 @@ def test_greedy_choices_equal_a_single_greedy_request(smol_engine):
     many = smol_engine.generate([prompt], SamplingParams(temperature=0, n=3, max_tokens=24))[0]
     assert [c.token_ids for c in many.choices] == [one] * 3
     assert many.usage.prompt_tokens == len(smol_engine.encode(prompt))
+
+
+def _seq(prompt: list[int]) -> Sequence:
+    req = Request("r", prompt, SamplingParams(), None)
+    req.seqs.append(Sequence(req, 0, prompt, req.params, None, None, 8))
+    return req.seqs[0]
+
+
+def test_a_prompt_reuses_the_free_slot_holding_its_prefix():
+    sched = Scheduler(max_slots=3, step_tokens=256)
+    first = _seq(list(range(100, 140)))
+    other = _seq(list(range(500, 530)))
+    sched.add([first, other])
+    sched.schedule()
+    assert (first.slot, other.slot) == (0, 1)
+    first.n_cached, first.output_ids = 45, [7, 8, 9, 10, 11, 12]  # 40 prompt + 5 fed outputs in the cache
+    sched.release(first)
+    other.n_cached = 30
+    sched.release(other)
+    turn2 = _seq(list(range(100, 140)) + [7, 8, 9, 99, 98])  # the conversation goes on from 3 outputs in
+    sched.add([turn2])
+    _, prefill, _ = sched.schedule()
+    assert turn2.slot == 0 and turn2.cached_tokens == 43 and prefill == [(turn2, 2)]
+    unrelated = _seq(list(range(900, 950)))
+    sched.add([unrelated])
+    sched.schedule()
+    assert unrelated.slot == 1 and unrelated.cached_tokens == 0  # lowest free slot; slot 1's content is lost
+
+
+def test_an_identical_prompt_still_computes_its_last_token():
+    sched = Scheduler(max_slots=1, step_tokens=256)
+    a = _seq(list(range(20, 60)))
+    sched.add([a])
+    sched.schedule()
+    a.n_cached = 40
+    sched.release(a)
+    b = _seq(list(range(20, 60)))
+    sched.add([b])
+    _, prefill, _ = sched.schedule()
+    assert b.cached_tokens == 39 and prefill == [(b, 1)]  # its logits give the first output token
+
+
+def test_next_chat_turn_reuses_the_cache_and_still_matches_transformers(smol_engine, smol_hf):
+    messages = [{"role": "system", "content": "You are a concise assistant who answers in one sentence."},
+                {"role": "user", "content": "What is the capital of France?"}]
+    first = smol_engine.generate([smol_engine.chat_prompt(messages)], SamplingParams(temperature=0, max_tokens=24))[0]
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And of Italy?"}]
+    ids = smol_engine.chat_prompt(messages)
+    second = smol_engine.generate([ids], SamplingParams(temperature=0, max_tokens=24))[0]
+    assert second.usage.cached_tokens >= len(first.prompt_token_ids)
+    with torch.inference_mode():
+        ref = smol_hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24)[0, len(ids):].tolist()
+    eos = set(smol_engine.eos_ids)
+    n = next((i + 1 for i, t in enumerate(ref) if t in eos), len(ref))
+    assert second.choices[0].token_ids == ref[:n]

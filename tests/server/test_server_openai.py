@@ -47,6 +47,19 @@ def test_chat_and_completion(client):
     assert comp.model == MODEL
 
 
+def test_next_chat_turn_reports_cached_prompt_tokens(client):
+    """The second turn of a conversation reuses the first turn's cache (OpenAI's usage field says how much)."""
+    msgs = [{"role": "system", "content": "You are a helpful assistant. Answer briefly and precisely."},
+            {"role": "user", "content": "Give me one word for happy."}]
+    first = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    msgs += [{"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "And one for sad?"}]
+    second = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0)
+    assert first.usage.prompt_tokens <= second.usage.prompt_tokens_details.cached_tokens < \
+        second.usage.prompt_tokens
+
+
 def test_stop_string_and_token_prompt(client):
     comp = client.completions.create(model=MODEL, prompt=[504, 3575, 282], max_tokens=8, temperature=0)
     text = comp.choices[0].text

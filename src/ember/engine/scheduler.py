@@ -7,6 +7,12 @@ leaves, in first-come order. Long prompts are prefilled in chunks across steps, 
 running streams by at most one budget's worth of tokens per step. Each sequence owns one preallocated
 cache slot of max_seq_len positions for its whole life; a request is admitted only when a slot is free,
 so a full cache makes new requests wait, and nothing is ever truncated or preempted.
+
+Prefix reuse: a freed slot keeps its keys and values until a new owner overwrites them, and the
+scheduler remembers which tokens they belong to. A new prompt takes the free slot that already holds its
+longest prefix (at least MIN_REUSE tokens) and computes only the rest: the next turn of a chat, or
+another request with the same system prompt, skips the part already computed (reported as
+`cached_tokens`, like OpenAI's `prompt_tokens_details.cached_tokens`).
 """
 
 import heapq
@@ -21,10 +27,15 @@ from ember.engine.detok import Detokenizer
 from ember.engine.sampling import SamplingParams
 
 
+# Fewer shared tokens than this are not worth breaking the lowest-free-slot order for.
+MIN_REUSE = 16
+
+
 @dataclass
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose keys and values were reused, not computed
 
     @property
     def total_tokens(self) -> int:
@@ -81,6 +92,7 @@ class Sequence:
     n_cached: int = 0  # positions of this sequence already in its cache slot
     finish_reason: str | None = None
     parent: "Sequence | None" = None  # choice 0 of the same request (n > 1): its prompt cache is copied, not recomputed
+    cached_tokens: int = 0  # prompt positions found already in the slot it was given (prefix reuse)
 
     @property
     def prefilled(self) -> bool:
@@ -101,13 +113,14 @@ class Request:
         return all(s.finish_reason is not None for s in self.seqs)
 
     def usage(self) -> Usage:
-        return Usage(len(self.prompt_ids), sum(len(s.output_ids) for s in self.seqs))
+        return Usage(len(self.prompt_ids), sum(len(s.output_ids) for s in self.seqs), self.seqs[0].cached_tokens)
 
 
 class Scheduler:
     def __init__(self, max_slots: int, step_tokens: int):
         self.max_slots, self.step_tokens = max_slots, step_tokens
         self.free = list(range(max_slots))  # a heap: the lowest free slot first keeps the decode range dense
+        self.held: list[list[int]] = [[] for _ in range(max_slots)]  # tokens whose K/V a free slot still holds
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._ids = itertools.count()
@@ -132,7 +145,7 @@ class Scheduler:
                     budget -= n
         while self.waiting and self.free and budget > 0:
             s = self.waiting.popleft()
-            s.slot = heapq.heappop(self.free)
+            s.slot = self._take_slot(s)
             self.running.append(s)
             n = self._prefill_len(s, budget, copies)
             if n:
@@ -156,9 +169,32 @@ class Scheduler:
             s.parent = None
         return min(len(s.prompt_ids) - s.n_cached, budget)
 
+    def _take_slot(self, s: Sequence) -> int:
+        """The free slot already holding the longest prefix of s's prompt, else the lowest free slot."""
+        best, best_n = -1, MIN_REUSE - 1
+        prompt = s.prompt_ids
+        for slot in self.free:
+            held = self.held[slot]
+            if len(held) <= best_n or held[0] != prompt[0]:
+                continue
+            n = _common_prefix(held, prompt)
+            if n > best_n or (n == best_n and slot < best):
+                best, best_n = slot, n
+        if best < 0:
+            best = heapq.heappop(self.free)
+        else:
+            self.free.remove(best)
+            heapq.heapify(self.free)
+            # At least the last prompt token is computed: its logits give the first output token.
+            s.n_cached = s.cached_tokens = min(best_n, len(prompt) - 1)
+        self.held[best] = []  # the new owner overwrites it from n_cached on
+        return best
+
     def release(self, seq: Sequence) -> None:
         """Frees the slot of a finished or aborted sequence; a waiting one can take it in the next step."""
         if seq.slot >= 0:
+            # Positions [0, n_cached) hold the K/V of these tokens (the last sampled token was never fed).
+            self.held[seq.slot] = (seq.prompt_ids + seq.output_ids)[: seq.n_cached]
             heapq.heappush(self.free, seq.slot)
             seq.slot = -1
             self.running.remove(seq)
@@ -168,3 +204,11 @@ class Scheduler:
     @property
     def used_slots(self) -> int:
         return self.max_slots - len(self.free)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -41,7 +41,9 @@ class ChoiceAcc:
 
 def usage(run) -> dict:
     return {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens,
-            "total_tokens": run.prompt_tokens + run.completion_tokens}
+            "total_tokens": run.prompt_tokens + run.completion_tokens,
+            # Prompt tokens whose keys and values a previous request left in the cache (engine/scheduler.py).
+            "prompt_tokens_details": {"cached_tokens": run.cached_tokens}}
 
 
 class _Format:

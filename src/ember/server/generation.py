@@ -29,7 +29,7 @@ class Run:
         self.units = len(prompts) * (1 if params.use_beam_search else params.n)
         self.t_arrival = time.perf_counter()
         self.t_admitted = self.t_first = self.t_last = None
-        self.prompt_tokens = self.completion_tokens = self.streamed_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.streamed_tokens = self.cached_tokens = 0
         self.finish_reasons: list[str] = []
         self._pending: set[str] = set()
         self._admitted = False
@@ -109,6 +109,7 @@ class Run:
         if d.usage is not None:
             self.prompt_tokens += d.usage.prompt_tokens
             self.completion_tokens += d.usage.completion_tokens
+            self.cached_tokens += d.usage.cached_tokens
 
     def _abort_pending(self) -> None:
         if self._pending:
@@ -147,6 +148,7 @@ class Run:
         m.generation_tokens.labels(name).inc(self.completion_tokens)
         self.record.update({
             "model": name, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
             "finish_reasons": sorted(set(self.finish_reasons)), "aborted": self.aborted,
             "queue_s": None if self.t_admitted is None else round(self.t_admitted - self.t_arrival, 4),
             "ttft_s": None if self.t_first is None else round(self.t_first - self.t_arrival, 4),
