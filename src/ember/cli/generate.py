@@ -177,7 +177,8 @@ def _response(comp, chat: bool, body: dict, ref: str) -> dict:
             "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
             "model": body.get("model", ref), "choices": choices,
             "usage": {"prompt_tokens": comp.usage.prompt_tokens, "completion_tokens": comp.usage.completion_tokens,
-                      "total_tokens": comp.usage.total_tokens}}
+                      "total_tokens": comp.usage.total_tokens,
+                      "prompt_tokens_details": {"cached_tokens": comp.usage.cached_tokens}}}
 
 
 def _done_lines(out: Path) -> int:
