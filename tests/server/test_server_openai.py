@@ -47,8 +47,9 @@ def test_chat_and_completion(client):
     assert comp.model == MODEL
 
 
-def test_next_chat_turn_reports_cached_prompt_tokens(client):
+def test_next_chat_turn_reports_cached_prompt_tokens(client, server):
     """The second turn of a conversation reuses the first turn's cache (OpenAI's usage field says how much)."""
+    cached_before = server.metric("ember:prompt_tokens_cached_total")
     msgs = [{"role": "system", "content": "You are a helpful assistant. Answer briefly and precisely."},
             {"role": "user", "content": "Give me one word for happy."}]
     first = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0)
@@ -58,6 +59,8 @@ def test_next_chat_turn_reports_cached_prompt_tokens(client):
     second = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, temperature=0)
     assert first.usage.prompt_tokens <= second.usage.prompt_tokens_details.cached_tokens < \
         second.usage.prompt_tokens
+    assert server.metric("ember:prompt_tokens_cached_total") == \
+        cached_before + second.usage.prompt_tokens_details.cached_tokens
 
 
 def test_stop_string_and_token_prompt(client):

@@ -145,6 +145,7 @@ class Run:
             self.completion_tokens = max(self.completion_tokens, self.streamed_tokens)
             self.prompt_tokens = self.prompt_tokens or sum(len(p) for p in self.prompts)
         m.prompt_tokens.labels(name).inc(self.prompt_tokens)
+        m.cached_tokens.labels(name).inc(self.cached_tokens)
         m.generation_tokens.labels(name).inc(self.completion_tokens)
         self.record.update({
             "model": name, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,

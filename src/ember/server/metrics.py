@@ -24,6 +24,7 @@ class Metrics:
     e2e: Histogram
     queue_time: Histogram
     prompt_tokens: Counter
+    cached_tokens: Counter
     generation_tokens: Counter
     success: Counter
     aborted: Counter
@@ -68,6 +69,8 @@ def create(pool) -> Metrics:
         queue_time=Histogram("ember:request_queue_time_seconds", "Time waiting in the admission queue.", M,
                              buckets=_LAT, registry=r),
         prompt_tokens=Counter("ember:prompt_tokens", "Prompt tokens processed.", M, registry=r),
+        cached_tokens=Counter("ember:prompt_tokens_cached", "Prompt tokens reused from the cache, not computed.", M,
+                              registry=r),
         generation_tokens=Counter("ember:generation_tokens", "Tokens generated.", M, registry=r),
         success=Counter("ember:request_success", "Requests finished, by finish reason.",
                         M + ["finished_reason"], registry=r),
