@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ember.errors import CorruptFile, NotFound, Unsupported
-from ember.models.packed import pack_weights
+from ember.models.packed import onednn_available, pack_weights
 
 DECODERS = {"llama": "ember.models.llama:LlamaDecoder", "mistral": "ember.models.llama:LlamaDecoder",
             "gpt2": "ember.models.gpt2:GPT2Decoder"}
@@ -102,19 +102,19 @@ def _release_freed_memory() -> None:
 
 
 def _map_tied_embedding(model, folder: Path) -> None:
-    """A tied Llama's packed LM head cannot be indexed, so pack_weights gave the embedding lookup its own
-    copy (113 MB for SmolLM2). When the file holds the embedding in fp32, the lookup reads the file's
-    lazily mapped tensor instead: only the rows of tokens actually seen become resident."""
+    """A tied Llama's packed LM head cannot be indexed, so the embedding lookup needs the matrix apart
+    (pack_weights copies it: 113 MB for SmolLM2). When the file holds it in fp32, the lookup reads the
+    file's lazily mapped tensor instead: only the rows of tokens actually seen become resident."""
     from safetensors import safe_open
 
-    if getattr(model, "family", None) != "llama" or not model.tied or model.embed is None:
+    if getattr(model, "family", None) != "llama" or model.embed is not None:
         return
     name = "model.embed_tokens.weight"
     for f in sorted(folder.glob("*.safetensors")):
         with safe_open(str(f), "pt") as fh:
             if name in fh.keys():
                 t = fh.get_tensor(name)
-                if t.dtype == torch.float32 and t.shape == model.embed.shape:
+                if t.dtype == torch.float32 and tuple(t.shape) == tuple(model.lm_head.shape)[::-1]:
                     model.embed = t
                 return
 
@@ -139,7 +139,8 @@ def load_model(ref_or_path, settings=None, *, with_tokenizer: bool = True, quant
         from ember.models.int8 import quantize_model
 
         quantize_model(model, quantize, tok)
+    if onednn_available():  # else the tied head stays a plain matrix, and the lookup reads its columns
+        _map_tied_embedding(model, folder)
     pack_weights(model)
-    _map_tied_embedding(model, folder)
     _release_freed_memory()
     return LoadedModel(folder, cfg, model, tok, gen)
