@@ -60,7 +60,7 @@ def bench_hf(model, tok, n: int, new: int) -> float:
 
 def perplexity(engine: Engine, text: str) -> float:
     """Teacher-forced perplexity of `text` through the engine's own decoder (one prefill)."""
-    from ember.engine.kv_cache import make_batch
+    from ember.models.attention import make_batch
 
     ids = engine.encode(text)[: engine.context_length - 1]
     cache = engine.model.make_cache(1, len(ids) + 1)

@@ -4,7 +4,7 @@
 
 GPT-2's Conv1D weights are already stored as [in, out], i.e. pre-transposed for `x @ W`; c_attn is already
 a fused QKV projection. Logits equal transformers' GPT2LMHeadModel within float tolerance
-(tests/models/test_gpt2.py).
+(tests/models/test_decoders.py).
 """
 
 from dataclasses import dataclass
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ember.engine.kv_cache import KVCache, StepBatch
 from ember.errors import Unsupported
+from ember.models.attention import KVCache, StepBatch
 from ember.models.packed import linear
 
 
