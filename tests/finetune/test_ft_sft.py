@@ -71,7 +71,7 @@ def test_lora_sft_learns_the_format(adapter, held, use_ft_home):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ember.finetune import adapters
+    from ember.store import adapters
     from ember.store import registry
 
     base_dir = registry.materialize(BASE)
@@ -128,7 +128,7 @@ def test_engine_serves_the_adapter_next_to_the_base(adapter, held, use_ft_home):
     """Through Ember's own engine: the adapter (merged at load) follows the format, the base does not."""
     from ember.engine.engine import Engine
     from ember.engine.sampling import SamplingParams
-    from ember.finetune.adapters import merged_folder
+    from ember.store.adapters import merged_folder
 
     params = SamplingParams(max_tokens=14, temperature=0.0)
     tuned = Engine.load(merged_folder(adapter["ref"]))

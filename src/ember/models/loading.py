@@ -49,7 +49,7 @@ def resolve_folder(ref_or_path, settings=None) -> Path:
 
     info = registry.resolve(str(ref_or_path), settings=settings)
     if info.kind == "adapter":
-        from ember.finetune.adapters import merged_folder
+        from ember.store.adapters import merged_folder
 
         return Path(merged_folder(info, settings))
     return Path(registry.materialize(info, settings=settings))
