@@ -52,9 +52,10 @@ def list_models(request: Request, name: str | None = None):
 
 @router.get("/models/{ref}")
 def show_model(ref: str, request: Request):
-    from ember.store import registry
+    from ember.store import evals, registry
 
-    return registry.resolve(ref, _settings(request)).to_dict()
+    info = registry.resolve(ref, _settings(request))
+    return {**info.to_dict(), "evals": evals.summary(info.ref, _settings(request))}
 
 
 @router.get("/models/{name}/aliases/{alias}/history")
