@@ -131,8 +131,9 @@ def test_first_subtoken_alignment(minilm_dir):
 
 
 def test_entities_and_f1():
-    # The tagger reads entities with the evaluation metrics' seqeval-style chunker (inclusive last word).
-    from ember.evaluate.metrics import entity_f1, get_entities
+    # The tagger and the evaluation metrics read entities with one seqeval-style chunker (inclusive last word).
+    from ember.engine.bio import get_entities
+    from ember.evaluate.metrics import entity_f1
 
     assert get_entities(["B-PER", "I-PER", "O", "I-LOC", "B-ORG", "B-ORG", "I-PER"]) == [
         ("PER", 0, 1), ("LOC", 3, 3), ("ORG", 4, 4), ("ORG", 5, 5), ("PER", 6, 6)]
