@@ -101,6 +101,7 @@ def test_platform_api_survives_restart(tiny_model):
     r = client.post("/api/models/tiny/aliases/production/promote", headers=h,
                     json={"version": 2, "gates": ["bleu>=current+5"]})
     assert r.status_code == 409 and r.json()["decision"]["failed"] == ["bleu>=current+5"]
+    assert r.json()["error"]["type"] == "conflict_error" and "stays at tiny:1" in r.json()["error"]["message"]
     r = client.post("/api/models/tiny/aliases/production/promote", headers=h,
                     json={"version": 2, "gates": ["bleu>=current"]})
     assert r.status_code == 200 and registry.resolve("tiny@production").number == 2

@@ -68,6 +68,3 @@ def finish(cfg, model, tokenizer, tok_ref: str, data: Prepared, result, info, pa
     out.write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
-
-def safe_exp(x: float | None) -> float | None:
-    return None if x is None else math.exp(min(x, 50.0))
