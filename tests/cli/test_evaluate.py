@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 
 def test_eval_compare_report_promote(tiny_model, run_cli, tmp_path):
     task = tmp_path / "t.yaml"

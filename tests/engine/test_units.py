@@ -3,7 +3,6 @@
     .venv/bin/python -m pytest tests/engine/test_units.py -q
 """
 
-import pytest
 import torch
 
 from ember.engine.detok import Detokenizer
@@ -31,7 +30,8 @@ def test_sampling_filters():
 def test_penalties_push_away_from_repeats():
     logits = torch.tensor([[2.0, 1.9, 0.0]])
     for p in (SamplingParams(temperature=0, repetition_penalty=1.5),
-              SamplingParams(temperature=0, frequency_penalty=1.0), SamplingParams(temperature=0, presence_penalty=1.0)):
+              SamplingParams(temperature=0, frequency_penalty=1.0),
+              SamplingParams(temperature=0, presence_penalty=1.0)):
         assert int(sample(logits.clone(), [p], [None], [[0]] if p.repetition_penalty != 1 else [[]], [[0]])[0]) == 1
 
 

@@ -5,8 +5,17 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from ember.errors import InvalidRequest
-from ember.evaluate.metrics import (accuracy, bleu, chrf, entity_f1, exact_match, macro_f1, rolling_windows, rouge,
-                                    token_accuracy)
+from ember.evaluate.metrics import (
+    accuracy,
+    bleu,
+    chrf,
+    entity_f1,
+    exact_match,
+    macro_f1,
+    rolling_windows,
+    rouge,
+    token_accuracy,
+)
 
 HYPS = ["The cat sat on the mat.", "A quick brown fox jumps over the lazy dog!", "Hello there, general Kenobi",
         "It rained all day in the city."]

@@ -13,7 +13,6 @@ import os
 
 import pytest
 import torch
-
 from ft_synth import item_task, write_jsonl
 
 BASE = "smollm2-135m-instruct"
@@ -45,7 +44,6 @@ def held():
 @pytest.fixture(scope="module")
 def adapter(ft_home, tmp_path_factory, held):
     """Train once: returns the CLI's JSON summary."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -71,8 +69,7 @@ def test_lora_sft_learns_the_format(adapter, held, use_ft_home):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ember.store import adapters
-    from ember.store import registry
+    from ember.store import adapters, registry
 
     base_dir = registry.materialize(BASE)
     tok = AutoTokenizer.from_pretrained(str(base_dir))

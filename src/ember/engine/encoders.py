@@ -63,8 +63,7 @@ class Encoder:
 
     @classmethod
     def load(cls, ref_or_path, settings=None, batch_size: int = 32) -> "Encoder":
-        from transformers import (BertConfig, BertForSequenceClassification, BertForTokenClassification,
-                                  BertModel)
+        from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 
         folder = resolve_folder(ref_or_path, settings)
         cfg = read_json(folder / "config.json")

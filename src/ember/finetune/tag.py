@@ -28,8 +28,7 @@ from ember.engine.encoders import Encoder
 from ember.errors import InvalidRequest, NotFound
 from ember.evaluate.metrics import entity_f1
 from ember.finetune import common, formats
-from ember.train import checkpoint as ckpt
-from ember.train import distributed
+from ember.train import checkpoint as ckpt, distributed
 from ember.train.loop import train
 
 IGNORE = -100

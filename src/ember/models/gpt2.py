@@ -67,8 +67,9 @@ class GPT2Decoder:
         self.lnf_w, self.lnf_b = w.pop("ln_f.weight"), w.pop("ln_f.bias")
         self.layers = []
         for i in range(self.n_layers):
-            p = f"h.{i}."
-            g = lambda n: w.pop(p + n).contiguous()  # noqa: E731
+            def g(n, p=f"h.{i}."):
+                return w.pop(p + n).contiguous()
+
             self.layers.append(GPT2Layer(
                 g("ln_1.weight"), g("ln_1.bias"), g("attn.c_attn.weight"), g("attn.c_attn.bias"),
                 g("attn.c_proj.weight"), g("attn.c_proj.bias"), g("ln_2.weight"), g("ln_2.bias"),

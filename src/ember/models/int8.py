@@ -66,7 +66,7 @@ def _smooth(model, tokenizer, alpha: float = 0.5) -> None:
         for name in ("wqkv", "wgu", "wdown"):
             setattr(L, name, rec[i, name].w)
 
-        def scales(name):
+        def scales(name, i=i):
             r = rec[i, name]
             return (r.amax.clamp(min=1e-5) ** alpha / r.w.abs().amax(1).clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
 
