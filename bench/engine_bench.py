@@ -60,7 +60,7 @@ def bench_hf(model, tok, n: int, new: int) -> float:
 
 def perplexity(engine: Engine, text: str) -> float:
     """Teacher-forced perplexity of `text` through the engine's own decoder (one prefill)."""
-    from ember.engine.kv_cache import make_batch
+    from ember.models.attention import make_batch
 
     ids = engine.encode(text)[: engine.context_length - 1]
     cache = engine.model.make_cache(1, len(ids) + 1)
@@ -136,7 +136,7 @@ def main():
         print(f"  {n} concurrent: ember {ember[n]:.1f}, transformers {hf.get(n, 0):.1f}, int8 {int8.get(n, 0):.1f} "
               f"tok/s (load average {os.getloadavg()[0]:.1f})", flush=True)
     print(f"\nSmolLM2 engine bench: {a.new_tokens} new tokens per request, {a.threads} threads, greedy, fp32")
-    print(f"| concurrent requests | Ember fp32 tok/s | transformers generate tok/s | ratio |"
+    print("| concurrent requests | Ember fp32 tok/s | transformers generate tok/s | ratio |"
           + (" Ember int8 tok/s |" if int8 else ""))
     print("|---|---|---|---|" + ("---|" if int8 else ""))
     for n in (1, 8, 32):

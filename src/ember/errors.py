@@ -54,11 +54,17 @@ class Unsupported(EmberError):
 
 
 class Conflict(EmberError):
-    """Another process holds what we need (a lock, a name being imported); retrying later may succeed."""
+    """The request conflicts with the current state: another process holds what we need (a lock, a name being
+    imported), or a rule refused the change (a promotion whose gates fail). `details` are extra fields of the
+    server's error JSON (the refused promotion's decision)."""
 
     exit_code = 6
     status = 409
     type = "conflict_error"
+
+    def __init__(self, message: str, *, details: dict | None = None, **kw):
+        super().__init__(message, **kw)
+        self.details = details or {}
 
 
 class Unauthorized(EmberError):
@@ -83,9 +89,3 @@ class Overloaded(EmberError):
     def __init__(self, message: str, *, retry_after: int = 1, **kw):
         super().__init__(message, **kw)
         self.retry_after = retry_after
-
-
-class PayloadTooLarge(EmberError):
-    exit_code = 2
-    status = 413
-    type = "invalid_request_error"

@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 
 def test_eval_compare_report_promote(tiny_model, run_cli, tmp_path):
     task = tmp_path / "t.yaml"
@@ -33,7 +31,7 @@ def test_eval_compare_report_promote(tiny_model, run_cli, tmp_path):
 
     assert run_cli("models", "alias", "tiny@production", "1").returncode == 0
     r = run_cli("models", "promote", "tiny@production", "2", "--gate", "bleu>=current+1")
-    assert r.returncode != 0
+    assert r.returncode == 6  # errors.Conflict
     assert "bleu>=current+1" in r.stderr and "off by 1" in r.stderr and "stays at tiny:1" in r.stderr
     assert json.loads(run_cli("models", "show", "tiny@production", "--json").stdout)["number"] == 1
     r = run_cli("models", "promote", "tiny@production", "2", "--gate", "bleu>=current", "--gate",

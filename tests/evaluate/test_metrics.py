@@ -5,8 +5,17 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from ember.errors import InvalidRequest
-from ember.evaluate.metrics import (accuracy, bleu, chrf, entity_f1, exact_match, get_entities, macro_f1,
-                                    rolling_windows, rouge, token_accuracy)
+from ember.evaluate.metrics import (
+    accuracy,
+    bleu,
+    chrf,
+    entity_f1,
+    exact_match,
+    macro_f1,
+    rolling_windows,
+    rouge,
+    token_accuracy,
+)
 
 HYPS = ["The cat sat on the mat.", "A quick brown fox jumps over the lazy dog!", "Hello there, general Kenobi",
         "It rained all day in the city."]
@@ -87,12 +96,6 @@ def test_entity_f1_matches_seqeval_documented_example():
     assert (r["precision"], r["recall"], r["f1"]) == (0.5, 0.5, 0.5)
     assert entity_f1(y_true, y_true)["f1"] == 1.0
     assert token_accuracy(y_pred, y_true) == pytest.approx(8 / 10)  # positions 2 and 3 differ
-
-
-def test_get_entities_chunks_like_conlleval():
-    assert get_entities(["B-PER", "I-PER", "O", "B-LOC"]) == [("PER", 0, 1), ("LOC", 3, 3)]
-    assert get_entities(["I-PER", "I-PER", "B-PER"]) == [("PER", 0, 1), ("PER", 2, 2)]  # I- after O starts one
-    assert get_entities(["B-PER", "I-LOC"]) == [("PER", 0, 0), ("LOC", 1, 1)]  # a type change splits
 
 
 @pytest.mark.parametrize("n,max_length", [(2, 4), (10, 4), (9, 4), (100, 7), (5, 100)])

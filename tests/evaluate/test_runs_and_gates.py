@@ -23,8 +23,8 @@ def test_generate_task_runs_through_the_engine_and_is_stored(tiny_model):
     assert seen[-1] == (3, 3) and r["settings"]["examples"] == 3
     outs = evals.outputs(r)
     assert len(outs) == 3 and all("output" in o and "reference" in o for o in outs)
-    assert registry.resolve("tiny:1").to_dict()["evals"][0]["metrics"] == r["metrics"]
-    assert registry.resolve("tiny:2").evals == []
+    assert evals.summary("tiny:1")[0]["metrics"] == r["metrics"]
+    assert evals.summary("tiny:2") == []
     # Greedy decoding: the same run gives the same numbers.
     assert runner.run("tiny:1", task, limit=3, store=False)["metrics"] == r["metrics"]
 
@@ -101,6 +101,7 @@ def test_platform_api_survives_restart(tiny_model):
     r = client.post("/api/models/tiny/aliases/production/promote", headers=h,
                     json={"version": 2, "gates": ["bleu>=current+5"]})
     assert r.status_code == 409 and r.json()["decision"]["failed"] == ["bleu>=current+5"]
+    assert r.json()["error"]["type"] == "conflict_error" and "stays at tiny:1" in r.json()["error"]["message"]
     r = client.post("/api/models/tiny/aliases/production/promote", headers=h,
                     json={"version": 2, "gates": ["bleu>=current"]})
     assert r.status_code == 200 and registry.resolve("tiny@production").number == 2

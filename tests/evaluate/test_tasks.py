@@ -27,7 +27,8 @@ def test_task_keys_and_digests(tmp_path):
     p = write_task(tmp_path, "data: data.jsonl\nprompt: 'Q: {q}\\nA:'\nreference: a\nmetrics: [exact_match, bleu]\n"
                              "max_tokens: 8\nchat: true\n")
     t = load_task(p)
-    assert (t.type, t.chat, t.max_tokens, [m["name"] for m in t.metrics]) == ("generate", True, 8, ["exact_match", "bleu"])
+    assert (t.type, t.chat, t.max_tokens) == ("generate", True, 8)
+    assert [m["name"] for m in t.metrics] == ["exact_match", "bleu"]
     assert t.data == tmp_path / "data.jsonl"
     digest, data_digest = t.digest, t.data_digest()
     p.write_text(p.read_text().replace("max_tokens: 8", "max_tokens: 9"))

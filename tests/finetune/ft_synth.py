@@ -3,13 +3,14 @@
 - `item_task(n, seed, held_out)`: chat records of a fixed reply format ("Item: pear, qty: 7" ->
   "ITEM=pear;QTY=7") that the base model does not follow; held-out records use items never trained on.
 - `topic_rows(n, seed, held_out)`: {"text", "label"} rows of three topics; held-out sentences are unseen.
+- `relevance_pairs(n, seed, held_out)`: {"text": query, "text_pair": sentence, "score": 1.0 | 0.0} rows, a
+  sentence being relevant to the queries of its own topic (a cross-encoder's training data).
 - `ner_sentences(n, seed)`: (words, BIO tags) with PER / LOC / ORG entities, some of two words.
 """
 
 
 import json
 import random
-
 
 ITEMS = ("apple pear plum lemon mango grape melon peach cherry onion carrot potato tomato pepper garlic radish "
          "bean corn rice bread cheese butter milk honey sugar salt flour chair table lamp sofa desk shelf bed "
@@ -33,6 +34,9 @@ TOPICS = {
                 "frost formed on the windows", "a heatwave hit the coast"),
 }
 OPENERS = ("", "I heard that ", "apparently ", "today ", "my friend said ", "the news says ")
+QUERIES = {"sports": ("results of the game", "who won the match", "news about athletes"),
+           "food": ("a recipe for dinner", "what to cook tonight", "how does the dish taste"),
+           "weather": ("the weather forecast", "will it rain", "how cold is it outside")}
 
 PER = ["Alice", "Bob", "Carlos", "Diana", "Erik", "Fatima", "George", "Hana", "Ivan", "Julia", "Kofi", "Lena",
        "Maria Lopez", "John Smith", "Wei Chen", "Anna Berg"]
@@ -66,6 +70,20 @@ def topic_rows(n: int, seed: int, held_out: bool = False) -> list[dict]:
     part = slice(7, None) if held_out else slice(0, 7)
     return [{"text": rng.choice(OPENERS) + rng.choice(TOPICS[lab][part]), "label": lab}
             for lab in (labels[i % 3] for i in range(n))]
+
+
+def relevance_pairs(n: int, seed: int, held_out: bool = False) -> list[dict]:
+    """Half relevant (query and sentence of one topic), half not; held-out rows use unseen sentences."""
+    rng = random.Random(seed)
+    labels = sorted(TOPICS)
+    part = slice(7, None) if held_out else slice(0, 7)
+    out = []
+    for i in range(n):
+        topic = labels[i % 3]
+        other = topic if i % 2 == 0 else rng.choice([t for t in labels if t != topic])
+        out.append({"text": rng.choice(QUERIES[topic]), "text_pair": rng.choice(TOPICS[other][part]),
+                    "score": float(other == topic)})
+    return out
 
 
 def ner_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:

@@ -47,6 +47,21 @@ def test_a_mostly_bad_file_fails_naming_the_lines(tmp_path):
     assert "d.jsonl:2:" in e.value.message and "d.jsonl:4:" in e.value.message
 
 
+def test_classify_rows_with_pairs_and_scores(tmp_path):
+    """Labelled rows (optionally pairs) train a classifier; (text, text_pair, score) rows a cross-encoder."""
+    labelled = formats.read_jsonl(_write(tmp_path / "l.jsonl", [{"text": "a", "text_pair": "b", "label": 1}] * 2),
+                                  "classify")
+    assert labelled.format == "classify" and labelled.records[0] == {"text": "a", "text_pair": "b", "label": "1"}
+    good = {"text": "capital of France", "text_pair": "Paris is the capital.", "score": 1}
+    rows = [good, {**good, "score": 0.25}, {**good, "score": 2}, {"text": "q", "text_pair": "", "score": 0},
+            {"text": "q", "score": 1, "label": "x"}, {**good, "score": True}, good, good]
+    data = formats.read_jsonl(_write(tmp_path / "s.jsonl", rows), "classify")
+    assert data.format == "score" and [r["score"] for r in data.records] == [1.0, 0.25, 1.0, 1.0]
+    bad = dict(data.bad)
+    assert [n for n, _ in data.bad] == [3, 4, 5, 6]
+    assert "from 0 to 1" in bad[3] and "'text_pair' is empty" in bad[4] and "'score'" in bad[6]
+
+
 def test_unknown_format_and_empty_file(tmp_path):
     with pytest.raises(InvalidRequest, match="no line matches"):
         formats.read_jsonl(_write(tmp_path / "a.jsonl", [{"question": "q", "answer": "a"}]))
@@ -131,8 +146,9 @@ def test_first_subtoken_alignment(minilm_dir):
 
 
 def test_entities_and_f1():
-    # The tagger reads entities with the evaluation metrics' seqeval-style chunker (inclusive last word).
-    from ember.evaluate.metrics import entity_f1, get_entities
+    # The tagger and the evaluation metrics read entities with one seqeval-style chunker (inclusive last word).
+    from ember.engine.bio import get_entities
+    from ember.evaluate.metrics import entity_f1
 
     assert get_entities(["B-PER", "I-PER", "O", "I-LOC", "B-ORG", "B-ORG", "I-PER"]) == [
         ("PER", 0, 1), ("LOC", 3, 3), ("ORG", 4, 4), ("ORG", 5, 5), ("PER", 6, 6)]

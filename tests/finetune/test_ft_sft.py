@@ -13,7 +13,6 @@ import os
 
 import pytest
 import torch
-
 from ft_synth import item_task, write_jsonl
 
 BASE = "smollm2-135m-instruct"
@@ -45,7 +44,6 @@ def held():
 @pytest.fixture(scope="module")
 def adapter(ft_home, tmp_path_factory, held):
     """Train once: returns the CLI's JSON summary."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -71,8 +69,7 @@ def test_lora_sft_learns_the_format(adapter, held, use_ft_home):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ember.finetune import adapters
-    from ember.store import registry
+    from ember.store import adapters, registry
 
     base_dir = registry.materialize(BASE)
     tok = AutoTokenizer.from_pretrained(str(base_dir))
@@ -128,7 +125,7 @@ def test_engine_serves_the_adapter_next_to_the_base(adapter, held, use_ft_home):
     """Through Ember's own engine: the adapter (merged at load) follows the format, the base does not."""
     from ember.engine.engine import Engine
     from ember.engine.sampling import SamplingParams
-    from ember.finetune.adapters import merged_folder
+    from ember.store.adapters import merged_folder
 
     params = SamplingParams(max_tokens=14, temperature=0.0)
     tuned = Engine.load(merged_folder(adapter["ref"]))

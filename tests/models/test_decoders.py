@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from ember.engine.kv_cache import make_batch
 from ember.errors import NotFound, Unsupported
+from ember.models.attention import make_batch
 from ember.models.loading import load_model
 
 

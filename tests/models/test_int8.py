@@ -11,7 +11,7 @@ import torch
 def test_int8_weights_stay_close(tmp_path, tied):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ember.engine.kv_cache import make_batch
+    from ember.models.attention import make_batch
     from ember.models.loading import load_model
 
     torch.manual_seed(0)

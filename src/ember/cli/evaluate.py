@@ -8,7 +8,6 @@
     ember models promote my-model@production 2 --gate "bleu>=current" --gate "perplexity<=current*1.02"
 """
 
-import sys
 from pathlib import Path
 
 import typer
@@ -198,6 +197,4 @@ def promote(name_at_alias: str = typer.Argument(..., metavar="NAME@ALIAS"),
         if d.moved:
             console.print(f"{d.alias} -> {d.candidate} (was {d.current or 'unset'})")
     if not d.moved:
-        failed = "; ".join(g.message for g in d.failed)
-        print(f"error: promotion refused, {d.alias} stays at {d.current}: {failed}", file=sys.stderr)
-        raise typer.Exit(1)
+        raise d.refusal()

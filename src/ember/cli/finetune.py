@@ -119,7 +119,7 @@ def merge(ref: str = typer.Argument(..., help="An adapter version (kind 'adapter
           name: str = typer.Option(..., "--name", help="Registry name of the merged model."),
           as_json: bool = JSON):
     """Merge a LoRA adapter into its base model: a full model version whose parent is the adapter."""
-    from ember.finetune import adapters
+    from ember.store import adapters
 
     v = adapters.merge(ref, name)
     if as_json:

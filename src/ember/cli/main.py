@@ -28,13 +28,7 @@ VERB_MODULES = ["models", "generate", "serve", "keys", "train", "finetune", "eva
 
 def _register_all() -> None:
     for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(f"ember.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"ember.cli.{name}":
-                continue  # that capability has not landed yet
-            raise
-        module.register(app)
+        importlib.import_module(f"ember.cli.{name}").register(app)
 
 
 _register_all()

@@ -93,20 +93,23 @@ def list_(name: str = typer.Argument(None, help="Only this model's versions."), 
 
 @app.command()
 def show(ref: str, as_json: bool = JSON):
-    """Metadata, files with digests, aliases, tags and lineage of one version."""
+    """Metadata, files with digests, aliases, tags, lineage and evaluations of one version."""
+    from ember.store import evals
+
     v = _registry().resolve(ref)
+    runs = evals.summary(v.ref)
     if as_json:
-        return print_json(v.to_dict())
+        return print_json({**v.to_dict(), "evals": runs})
     console.print(f"[bold]{v.ref}[/bold]  kind={v.kind}  created={v.created_at.isoformat()}")
     console.print(f"aliases: {' '.join('@' + a for a in v.aliases) or '-'}")
     console.print(f"lineage: {' <- '.join([v.ref, *v.lineage]) if v.lineage else '-'}")
     console.print(f"tags: {' '.join(f'{k}={val}' for k, val in v.tags.items()) or '-'}")
     table("metadata", ["key", "value"], [[k, val] for k, val in v.metadata.items()])
     table("files", ["path", "size", "sha256"], [[p, human_size(v.sizes[p]), d] for p, d in v.files.items()])
-    if v.evals:
+    if runs:
         table("evaluations (newest run per task)", ["run", "task", "metrics", "at"],
               [[e["id"], e["task"], " ".join(f"{k}={_fmt(m)}" for k, m in e["metrics"].items()), e["created_at"]]
-               for e in v.evals])
+               for e in runs])
 
 
 def _fmt(value) -> str:

@@ -11,8 +11,8 @@ ones end); finished hypotheses are scored sum(logprobs) / generated_length ** le
 import torch
 
 from ember.engine import compute
-from ember.engine.kv_cache import make_batch
 from ember.engine.sampling import SamplingParams
+from ember.models.attention import make_batch
 
 NEG = -1.0e9
 

@@ -20,7 +20,7 @@ import torch
 
 from ember.engine import beam, compute
 from ember.engine.detok import Detokenizer
-from ember.engine.kv_cache import make_batch
+from ember.models.attention import make_batch
 from ember.engine.sampling import SamplingParams, sample, seeded_generator, token_logprobs
 from ember.engine.scheduler import Choice, Completion, Delta, Request, Scheduler, Sequence
 from ember.errors import InvalidRequest, Overloaded

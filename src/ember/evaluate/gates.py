@@ -19,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from ember.config import Settings
-from ember.errors import InvalidRequest, NotFound
+from ember.errors import Conflict, InvalidRequest, NotFound
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -138,6 +138,13 @@ class Decision:
     def to_dict(self) -> dict:
         return {"alias": self.alias, "candidate": self.candidate, "current": self.current, "moved": self.moved,
                 "gates": [asdict(g) for g in self.gates], "failed": [g.gate for g in self.failed]}
+
+    def refusal(self) -> Conflict:
+        """What `ember models promote` (exit 6) and the platform API (409, with this decision) raise when the
+        alias did not move."""
+        failed = "; ".join(g.message for g in self.failed)
+        return Conflict(f"promotion refused, {self.alias} stays at {self.current}: {failed}", param="gates",
+                        code="gate_failed", details={"decision": self.to_dict()})
 
 
 def promote(name: str, alias: str, version: str | int, gates: list[str], *,

@@ -8,8 +8,8 @@
 
 BLEU and chrF are sacrebleu's corpus scores on detokenized text; ROUGE is rouge-score (Porter stemming, the mean
 of per-example F-measures); perplexity scores text with rolling windows as lm-evaluation-harness's
-`loglikelihood_rolling` does. Entity-level F1 follows seqeval's default (conlleval) chunking, written here
-because seqeval is not a dependency.
+`loglikelihood_rolling` does. Entity-level F1 follows seqeval's default (conlleval) chunking, written in
+engine/bio.py (the tagger's entities use the same rule) because seqeval is not a dependency.
 """
 
 import math
@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ember.engine.bio import get_entities
 from ember.errors import InvalidRequest
 
 # ----------------------------------------------------------------------------------------------- references
@@ -147,35 +148,6 @@ def macro_f1(preds: list, refs: list, labels: list | None = None) -> float:
 
 
 # ----------------------------------------------------------------------------------- entity-level F1 (tagging)
-
-
-def _split_tag(tag: str) -> tuple[str, str]:
-    tag = tag or "O"
-    return tag[0], tag[1:].split("-", maxsplit=1)[-1] or "_"
-
-
-def _chunk_end(prev_tag, tag, prev_type, type_) -> bool:
-    return (prev_tag in ("E", "S") or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
-            or (prev_tag not in ("O", ".") and prev_type != type_))
-
-
-def _chunk_start(prev_tag, tag, prev_type, type_) -> bool:
-    return (tag in ("B", "S") or (prev_tag in ("E", "S", "O") and tag in ("E", "I"))
-            or (tag not in ("O", ".") and prev_type != type_))
-
-
-def get_entities(tags: list[str]) -> list[tuple[str, int, int]]:
-    """(type, first, last) spans of a BIO/IOBES sequence, chunked exactly as seqeval's default mode does
-    (an I- after O or after another type starts an entity, as conlleval treats it)."""
-    chunks, prev_tag, prev_type, begin = [], "O", "", 0
-    for i, t in enumerate([*tags, "O"]):
-        tag, type_ = _split_tag(t)
-        if _chunk_end(prev_tag, tag, prev_type, type_):
-            chunks.append((prev_type, begin, i - 1))
-        if _chunk_start(prev_tag, tag, prev_type, type_):
-            begin = i
-        prev_tag, prev_type = tag, type_
-    return chunks
 
 
 def entity_f1(preds: list[list[str]], refs: list[list[str]]) -> dict:

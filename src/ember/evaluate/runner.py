@@ -5,8 +5,8 @@
 Generation (generate, classify and tag on causal LMs) runs through Ember's engine, a batch of `batch_size`
 prompts at a time so progress can be reported; decoding is greedy unless the task sets a temperature (then
 seeded, so a rerun gives the same numbers). Perplexity is scored with transformers (metrics.loglikelihood_rolling).
-Encoder classifiers / taggers (`*ForSequenceClassification`, `*ForTokenClassification`) are run with
-transformers directly, their labels read from the model's id2label.
+Encoder classifiers / taggers (`*ForSequenceClassification`, `*ForTokenClassification`) run through the
+engine's Encoder (engine/encoders.py), the same path `POST /v1/classify` and `/v1/tag` serve.
 """
 
 import time
@@ -37,7 +37,7 @@ def run(ref: str, task: Task, *, settings: Settings | None = None, limit: int | 
         arch = " ".join(info.metadata.get("architectures") or [str(info.metadata.get("architecture", ""))])
         if task.type in ("classify", "tag") and ("ForSequenceClassification" in arch or "ForTokenClassification"
                                                  in arch):
-            preds, outputs = compute.run(_encoder_predict, info.ref, task, examples, settings, on_progress)
+            preds, outputs = _encoder_predict(info.ref, task, examples, settings, on_progress)
         else:
             preds, outputs = _generate(info.ref, task, examples, settings, on_progress)
         metrics, signatures = score(task, preds, [ex[task.reference] for ex in examples], outputs)
@@ -166,36 +166,20 @@ def parse_tags(output: str, n: int) -> list[str]:
 
 
 def _encoder_predict(ref, task, examples, settings, on_progress):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+    from ember.engine.encoders import Encoder
 
-    from ember.store import registry
-
-    folder = registry.materialize(ref, settings)
-    cls = AutoModelForSequenceClassification if task.type == "classify" else AutoModelForTokenClassification
-    model = cls.from_pretrained(folder, trust_remote_code=False).eval()
-    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    enc = Encoder.load(ref, settings)
     preds, outputs = [], []
-    with torch.inference_mode():
-        for i, ex in enumerate(examples):
-            if task.type == "classify":
-                text = render(task.input or task.prompt, ex)
-                enc = tok(text, truncation=True, return_tensors="pt")
-                pred = id2label[int(model(**enc).logits[0].argmax())]
-                outputs.append({"index": i, "input": text, "output": pred, "reference": ex[task.reference]})
-            else:
-                words = [str(w) for w in ex[task.tokens]]
-                enc = tok(words, is_split_into_words=True, truncation=True, return_tensors="pt")
-                ids = model(**enc).logits[0].argmax(-1).tolist()
-                # The first sub-token of each word carries its tag (as the tagger was trained).
-                pred, seen = ["O"] * len(words), set()
-                for pos, w in enumerate(enc.word_ids()):
-                    if w is not None and w not in seen:
-                        seen.add(w)
-                        pred[w] = id2label[ids[pos]]
-                outputs.append({"index": i, "tokens": words, "output": pred, "reference": ex[task.reference]})
-            preds.append(pred)
-            if on_progress:
-                on_progress(i + 1, len(examples))
+    for i, ex in enumerate(examples):
+        if task.type == "classify":
+            text = render(task.input or task.prompt, ex)
+            pred = enc.classify([text])[0][0]["label"]
+            outputs.append({"index": i, "input": text, "output": pred, "reference": ex[task.reference]})
+        else:
+            words = [str(w) for w in ex[task.tokens]]
+            pred = [t["tag"] for t in enc.tag_words([words])[0]]
+            outputs.append({"index": i, "tokens": words, "output": pred, "reference": ex[task.reference]})
+        preds.append(pred)
+        if on_progress:
+            on_progress(i + 1, len(examples))
     return preds, outputs

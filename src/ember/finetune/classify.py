@@ -1,11 +1,16 @@
 """Sequence classification: an encoder (BERT family) with a classification head, from labelled JSONL.
 
     ember finetune classify --base minilm-l6-v2 --data labeled.jsonl [--eval-data val.jsonl] --name my-clf
+    ember finetune classify --base minilm-l6-v2 --data pairs.jsonl --name my-reranker    # rows with "score"
     torchrun --nproc-per-node 2 -m ember finetune classify --base minilm-l6-v2 --data labeled.jsonl --name c
 
-Data: one {"text": "...", "label": "..."} per line. The result is a full model version
-(`AutoModelForSequenceClassification`, `id2label` in its config.json) whose parent is the base version;
-`predict` is what `POST /v1/classify` serves.
+Data: one {"text": "...", "label": "..."} per line (an optional "text_pair" makes the input a pair, as for
+NLI), trained with cross-entropy over the labels; or one {"text": QUERY, "text_pair": DOCUMENT, "score": 0..1}
+per line, which trains a cross-encoder with one logit and binary cross-entropy, as sentence-transformers'
+CrossEncoder does for num_labels=1. The result is a full model version (`AutoModelForSequenceClassification`,
+`id2label` in its config.json) whose parent is the base version; the engine's Encoder (engine/encoders.py)
+serves it: `POST /v1/classify` for labels (metadata task "text-classification"), `POST /v1/rerank` and
+`/score` for a cross-encoder ("text-ranking").
 """
 
 from __future__ import annotations
@@ -18,20 +23,33 @@ import torch.nn.functional as F
 
 from ember.errors import InvalidRequest
 from ember.finetune import common, formats
-from ember.train import checkpoint as ckpt
-from ember.train import distributed
+from ember.train import checkpoint as ckpt, distributed
 from ember.train.loop import train
 
 
-def encode(tokenizer, rows: list[dict], label2id: dict[str, int], max_length: int) -> list[dict]:
-    enc = tokenizer([r["text"] for r in rows], truncation=True, max_length=max_length)
-    return [{"input_ids": ids, "labels": label2id[r["label"]]} for ids, r in zip(enc["input_ids"], rows)]
+def encode(tokenizer, rows: list[dict], label2id: dict[str, int] | None, max_length: int) -> list[dict]:
+    """Token ids (+ token_type_ids for pairs) and the label id, or the float score when label2id is None."""
+    pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
+    enc = tokenizer([r["text"] for r in rows], pairs, truncation=True, max_length=max_length)
+    out = []
+    for i, r in enumerate(rows):
+        ex = {"input_ids": enc["input_ids"][i], "labels": label2id[r["label"]] if label2id else r["score"]}
+        if pairs is not None and "token_type_ids" in enc:
+            ex["token_type_ids"] = enc["token_type_ids"][i]
+        out.append(ex)
+    return out
 
 
 def classification_loss(model, batch: dict):
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss = F.cross_entropy(logits.float(), batch["labels"])
-    accuracy = (logits.argmax(-1) == batch["labels"]).float().mean()
+    pair = {"token_type_ids": batch["token_type_ids"]} if "token_type_ids" in batch else {}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **pair).logits.float()
+    labels = batch["labels"]
+    if labels.is_floating_point():  # one-logit cross-encoder: a relevance score in [0, 1]
+        loss = F.binary_cross_entropy_with_logits(logits[:, 0], labels)
+        accuracy = ((logits[:, 0] > 0) == (labels > 0.5)).float().mean()
+    else:
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(-1) == labels).float().mean()
     return loss, {"accuracy": accuracy}
 
 
@@ -45,16 +63,22 @@ def run(cfg: common.FinetuneConfig, *, echo=print) -> dict:
         data = formats.read_jsonl(cfg.data, "classify")
         if data.bad:
             say(f"warning: skipped {len(data.bad)} bad line(s) of {data.path.name}:\n{data.report()}")
-        labels = sorted({r["label"] for r in data.records})
-        if len(labels) < 2:
+        ranking = data.format == "score"
+        labels = ["score"] if ranking else sorted({r["label"] for r in data.records})
+        if not ranking and len(labels) < 2:
             raise InvalidRequest(f"{cfg.data}: classification needs at least 2 labels, found {labels}",
                                  param="data")
-        label2id = {label: i for i, label in enumerate(labels)}
+        if not ranking and len({"text_pair" in r for r in data.records}) > 1:
+            raise InvalidRequest(f"{cfg.data}: either every row has a 'text_pair' or none does", param="data")
+        label2id = None if ranking else {label: i for i, label in enumerate(labels)}
         digests = {"train": data.digest}
         eval_rows = []
         if cfg.eval_data:
             ev = formats.read_jsonl(cfg.eval_data, "classify")
-            unknown = sorted({r["label"] for r in ev.records} - set(labels))
+            if ev.format != data.format:
+                raise InvalidRequest(f"{cfg.eval_data} has {ev.format} rows but {cfg.data} has {data.format} rows",
+                                     param="eval_data")
+            unknown = [] if ranking else sorted({r["label"] for r in ev.records} - set(labels))
             if unknown:
                 raise InvalidRequest(f"{cfg.eval_data}: labels not in the training data: {unknown}",
                                      param="eval_data")
@@ -66,13 +90,14 @@ def run(cfg: common.FinetuneConfig, *, echo=print) -> dict:
         steps = common.plan_steps(cfg, len(examples), info.world_size)
         torch.manual_seed(cfg.seed)  # the new head starts identical on every rank
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(folder), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id,
-            dtype=torch.float32)
+            str(folder), num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)}, dtype=torch.float32)
         model = distributed.wrap(model, info, fsdp=cfg.fsdp)
         collate = common.pad_collate(tokenizer.pad_token_id or 0)
         micro = cfg.batch_size // cfg.grad_accum
         batches = common.ExampleBatches(examples, micro, collate, cfg.seed, info.rank, info.world_size)
-        say(f"classify from {base.ref}: {len(examples)} examples, {len(labels)} labels, {steps} steps")
+        what = "a relevance score" if ranking else f"{len(labels)} labels"
+        say(f"classify from {base.ref}: {len(examples)} examples, {what}, {steps} steps")
         result = train(model, batches, classification_loss, common.loop_settings(cfg, steps),
                        val_batches=common.val_batches_fn(eval_examples, micro, collate, info),
                        tokens_of=common.tokens_of, extra_state={"task": "classify", "base": base.ref})
@@ -84,7 +109,8 @@ def run(cfg: common.FinetuneConfig, *, echo=print) -> dict:
         lin = common.lineage(cfg, "classify", base.ref, digests, result, labels=labels,
                              examples=len(examples), final_eval_accuracy=val_acc)
         ref = common.register(cfg, out, kind="model", base_ref=base.ref, lineage=lin,
-                              metadata={"task": "text-classification", "labels": labels})
+                              metadata={"task": "text-ranking" if ranking else "text-classification",
+                                        "labels": labels})
         summary = {"ref": ref, "base": base.ref, "steps": result.step, "final_train_loss": result.loss,
                    "final_eval_loss": result.val_loss, "final_eval_accuracy": val_acc, "labels": labels,
                    "folder": str(out)}
@@ -94,32 +120,3 @@ def run(cfg: common.FinetuneConfig, *, echo=print) -> dict:
 
     return common.run_distributed(body)
 
-
-class Classifier:
-    """A loaded classification model: `predict(texts)` -> per text, labels with scores (best first)."""
-
-    def __init__(self, folder, max_length: int = 512):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
-        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
-        self.max_length = max_length
-
-    @classmethod
-    def load(cls, ref_or_path, settings=None) -> "Classifier":
-        from ember.models.loading import resolve_folder
-
-        return cls(resolve_folder(ref_or_path, settings))
-
-    @torch.inference_mode()
-    def predict(self, texts: list[str], batch_size: int = 32) -> list[list[dict]]:
-        out = []
-        for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i:i + batch_size], truncation=True, max_length=self.max_length,
-                                 padding=True, return_tensors="pt")
-            probs = self.model(**enc).logits.float().softmax(-1)
-            for row in probs.tolist():
-                ranked = sorted(enumerate(row), key=lambda kv: -kv[1])
-                out.append([{"label": self.id2label[k], "score": p} for k, p in ranked])
-        return out

@@ -150,17 +150,23 @@ def val_batches_fn(examples: list[dict], micro: int, collate, info):
 
 
 def pad_collate(pad_id: int) -> Callable[[list[dict]], dict]:
-    """Right-pad `input_ids` (pad_id) and `labels` (-100) to the longest example; int labels stay scalars."""
+    """Right-pad `input_ids` (pad_id), `token_type_ids` (0, text pairs) and `labels` (-100) to the longest
+    example; int labels (classes) and float labels (scores) stay scalars."""
     def collate(items: list[dict]) -> dict:
         width = max(len(it["input_ids"]) for it in items)
         ids = torch.full((len(items), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
+        types = torch.zeros((len(items), width), dtype=torch.long) if "token_type_ids" in items[0] else None
         for i, it in enumerate(items):
             n = len(it["input_ids"])
             ids[i, :n] = torch.tensor(it["input_ids"])
             mask[i, :n] = 1
+            if types is not None:
+                types[i, :n] = torch.tensor(it["token_type_ids"])
         batch = {"input_ids": ids, "attention_mask": mask}
-        if isinstance(items[0]["labels"], int):
+        if types is not None:
+            batch["token_type_ids"] = types
+        if isinstance(items[0]["labels"], (int, float)):
             batch["labels"] = torch.tensor([it["labels"] for it in items])
         else:
             labels = torch.full((len(items), width), -100, dtype=torch.long)

@@ -7,7 +7,8 @@ SFT files are JSONL in one of three formats, detected per file (the format most 
   chat        {"messages": [{"role": "system"|"user"|"assistant", "content": "...", "weight": 0|1?}, ...]}
   completion  {"prompt": "...", "completion": "..."}
   alpaca      {"instruction": "...", "input": "..."?, "output": "..."}
-Classification files are JSONL with {"text": "...", "label": "..."}.
+Classification files are JSONL with {"text": "...", "text_pair": "..."?, "label": "..."}; rerank (cross-encoder)
+files with {"text": QUERY, "text_pair": DOCUMENT, "score": 0..1}.
 
 Every bad line is reported with its line number. A few bad lines are skipped (and reported) so that one
 stray line does not waste a dataset; a file whose lines are mostly bad is refused, because then the
@@ -102,19 +103,39 @@ def _alpaca(rec: dict) -> dict:
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": output, "weight": 1}]}
 
 
-def _classify(rec: dict) -> dict:
+def _texts(rec: dict) -> dict:
     text = _text(rec.get("text"), "text")
+    if not text.strip():
+        raise ValueError("'text' is empty")
+    out = {"text": text}
+    if "text_pair" in rec:
+        out["text_pair"] = _text(rec["text_pair"], "text_pair")
+        if not out["text_pair"].strip():
+            raise ValueError("'text_pair' is empty")
+    return out
+
+
+def _classify(rec: dict) -> dict:
     label = rec.get("label")
     if isinstance(label, bool) or not isinstance(label, (str, int)) or str(label) == "":
         raise ValueError("'label' must be a non-empty string or an integer")
-    if not text.strip():
-        raise ValueError("'text' is empty")
-    return {"text": text, "label": str(label)}
+    return {**_texts(rec), "label": str(label)}
 
 
-PARSERS = {"chat": _chat, "completion": _completion, "alpaca": _alpaca, "classify": _classify}
+def _score(rec: dict) -> dict:
+    """A (text, text_pair) with a relevance score in [0, 1]: trains a one-logit cross-encoder (rerank)."""
+    score = rec.get("score")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1:
+        raise ValueError("'score' must be a number from 0 to 1")
+    out = _texts(rec)
+    if "text_pair" not in out:
+        raise ValueError("'text_pair' is missing (a score rates a pair: 'text' is the query)")
+    return {**out, "score": float(score)}
+
+
+PARSERS = {"chat": _chat, "completion": _completion, "alpaca": _alpaca, "classify": _classify, "score": _score}
 KEYS = {"chat": {"messages"}, "completion": {"prompt", "completion"}, "alpaca": {"instruction", "output"},
-        "classify": {"text", "label"}}
+        "classify": {"text", "label"}, "score": {"text", "text_pair", "score"}}
 
 
 def _guess(rec: dict, candidates: tuple[str, ...]) -> str | None:
@@ -125,11 +146,11 @@ def _guess(rec: dict, candidates: tuple[str, ...]) -> str | None:
 
 
 def read_jsonl(path: str | Path, kind: str = "sft", *, max_bad_fraction: float = 0.5) -> DataFile:
-    """Parse and validate a JSONL file; `kind` is "sft" (any of FORMATS) or "classify"."""
+    """Parse and validate a JSONL file; `kind` is "sft" (any of FORMATS) or "classify" (labels or scores)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise NotFound(f"data file not found: {path}", param="data")
-    candidates = FORMATS if kind == "sft" else ("classify",)
+    candidates = FORMATS if kind == "sft" else ("classify", "score")
     parsed: list[tuple[int, dict | None, str]] = []  # (line, record, error)
     votes = {f: 0 for f in candidates}
     with open(path, encoding="utf-8", errors="replace") as fh:

@@ -9,14 +9,13 @@ are BIO (`B-PER`, `I-PER`, `O`); any other tag set (POS) is learned as plain lab
 
 Words are split into sub-tokens by the model's tokenizer; only the first sub-token of each word carries
 the word's label (the rest are -100), and at prediction time the first sub-token's label is the word's.
-`Tagger.tag(text)` is what `POST /v1/tag` serves: words with character offsets into the input, and BIO
-tags grouped into entities whose [start, end) slice the input to exactly the entity's text.
+Prediction is the engine's (`Encoder.tag_words` / `tag` in engine/encoders.py, what `POST /v1/tag` and
+`ember eval` use); the validation entity F1 after training runs through it too.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +23,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ember.engine.bio import is_bio
+from ember.engine.encoders import Encoder
 from ember.errors import InvalidRequest, NotFound
-from ember.evaluate.metrics import entity_f1, get_entities
+from ember.evaluate.metrics import entity_f1
 from ember.finetune import common, formats
-from ember.train import checkpoint as ckpt
-from ember.train import distributed
+from ember.train import checkpoint as ckpt, distributed
 from ember.train.loop import train
 
 IGNORE = -100
-WORD = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]")  # words and single punctuation marks, like CoNLL tokens
 
 
 @dataclass
@@ -71,10 +70,6 @@ def read_conll(path: str | Path, *, max_bad_fraction: float = 0.5) -> Conll:
         raise InvalidRequest(f"{path}: {len(bad)} of {lines} lines are bad and {len(sentences)} sentences "
                              f"were read; expected CoNLL columns 'WORD ... TAG':\n{report}", param="data")
     return Conll(path, sentences, bad, formats.file_digest(path))
-
-
-def is_bio(labels) -> bool:
-    return all(t == "O" or t[:2] in ("B-", "I-") for t in labels)
 
 
 def align(tokenizer, words: list[str], word_labels: list[int] | None, max_length: int) -> dict:
@@ -153,7 +148,8 @@ def run(cfg: common.FinetuneConfig, *, echo=print) -> dict:
         ckpt.save_hf(model, out, info, tokenizer=tokenizer)
         scores = None
         if dev is not None and info.is_main:
-            tagger = Tagger(out, max_length=cfg.max_length)
+            tagger = Encoder.load(out)
+            tagger.max_seq_length = cfg.max_length
             pred = tagger.tag_words([w for w, _ in dev.sentences])
             scores = entity_f1([[x["tag"] for x in p] for p in pred], [t for _, t in dev.sentences]) \
                 if is_bio(tagset) else None
@@ -170,57 +166,3 @@ def run(cfg: common.FinetuneConfig, *, echo=print) -> dict:
 
     return common.run_distributed(body)
 
-
-class Tagger:
-    """A loaded token classification model: tags words, and raw text with character offsets."""
-
-    def __init__(self, folder, max_length: int = 512):
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.model = AutoModelForTokenClassification.from_pretrained(str(folder)).eval()
-        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
-        self.bio = is_bio(self.id2label.values())
-        self.max_length = max_length
-
-    @classmethod
-    def load(cls, ref_or_path, settings=None) -> "Tagger":
-        from ember.models.loading import resolve_folder
-
-        return cls(resolve_folder(ref_or_path, settings))
-
-    @torch.inference_mode()
-    def tag_words(self, sentences: list[list[str]]) -> list[list[dict]]:
-        """Per sentence, per word: {"tag", "score"}. Words cut off by max_length are tagged "O"."""
-        out = []
-        for words in sentences:
-            if not words:
-                out.append([])
-                continue
-            enc = align(self.tokenizer, words, None, self.max_length)
-            probs = self.model(input_ids=torch.tensor([enc["input_ids"]])).logits[0].float().softmax(-1)
-            tags = [{"tag": "O", "score": 0.0} for _ in words]
-            seen = set()
-            for pos, w in enumerate(enc["word_index"]):
-                if w is not None and w not in seen:
-                    seen.add(w)
-                    p, k = probs[pos].max(-1)
-                    tags[w] = {"tag": self.id2label[int(k)], "score": float(p)}
-            out.append(tags)
-        return out
-
-    def tag(self, text: str) -> dict:
-        """{"tokens": [{text, start, end, tag, score}], "entities": [{type, text, start, end, score}]};
-        every [start, end) slices `text` to the token's or the entity's exact string."""
-        spans = [(m.start(), m.end()) for m in WORD.finditer(text)]
-        words = [text[a:b] for a, b in spans]
-        tagged = self.tag_words([words])[0]
-        tokens = [{"text": w, "start": a, "end": b, **t} for w, (a, b), t in zip(words, spans, tagged)]
-        ents = []
-        if self.bio:
-            for typ, i, last in get_entities([t["tag"] for t in tagged]):
-                j = last + 1
-                a, b = spans[i][0], spans[last][1]
-                ents.append({"type": typ, "text": text[a:b], "start": a, "end": b,
-                             "score": sum(t["score"] for t in tagged[i:j]) / (j - i)})
-        return {"tokens": tokens, "entities": ents}

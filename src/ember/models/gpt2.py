@@ -4,7 +4,7 @@
 
 GPT-2's Conv1D weights are already stored as [in, out], i.e. pre-transposed for `x @ W`; c_attn is already
 a fused QKV projection. Logits equal transformers' GPT2LMHeadModel within float tolerance
-(tests/models/test_gpt2.py).
+(tests/models/test_decoders.py).
 """
 
 from dataclasses import dataclass
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ember.engine.kv_cache import KVCache, StepBatch
 from ember.errors import Unsupported
+from ember.models.attention import KVCache, StepBatch
 from ember.models.packed import linear
 
 
@@ -67,8 +67,9 @@ class GPT2Decoder:
         self.lnf_w, self.lnf_b = w.pop("ln_f.weight"), w.pop("ln_f.bias")
         self.layers = []
         for i in range(self.n_layers):
-            p = f"h.{i}."
-            g = lambda n: w.pop(p + n).contiguous()  # noqa: E731
+            def g(n, p=f"h.{i}."):
+                return w.pop(p + n).contiguous()
+
             self.layers.append(GPT2Layer(
                 g("ln_1.weight"), g("ln_1.bias"), g("attn.c_attn.weight"), g("attn.c_attn.bias"),
                 g("attn.c_proj.weight"), g("attn.c_proj.bias"), g("ln_2.weight"), g("ln_2.bias"),

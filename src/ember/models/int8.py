@@ -52,7 +52,7 @@ def _smooth(model, tokenizer, alpha: float = 0.5) -> None:
     """SmoothQuant: moves activation outliers into the weights, exactly (the network computes the same
     function in fp32), so per-tensor int8 activations lose less. For qkv and gate/up the per-channel
     divisor folds into the preceding RMSNorm weight; for down_proj it folds into the up-projection."""
-    from ember.engine.kv_cache import make_batch
+    from ember.models.attention import make_batch
 
     rec = {}
     for i, L in enumerate(model.layers):
@@ -66,7 +66,7 @@ def _smooth(model, tokenizer, alpha: float = 0.5) -> None:
         for name in ("wqkv", "wgu", "wdown"):
             setattr(L, name, rec[i, name].w)
 
-        def scales(name):
+        def scales(name, i=i):
             r = rec[i, name]
             return (r.amax.clamp(min=1e-5) ** alpha / r.w.abs().amax(1).clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
 

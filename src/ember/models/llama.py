@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ember.engine.kv_cache import KVCache, StepBatch
 from ember.errors import Unsupported
+from ember.models.attention import KVCache, StepBatch
 
 
 @dataclass

@@ -33,8 +33,9 @@ class LoadedModel:
     def eos_token_ids(self) -> list[int]:
         ids = self.generation_config.get("eos_token_id", self.config.get("eos_token_id"))
         ids = [] if ids is None else ids if isinstance(ids, list) else [ids]
-        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
+        eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
+        if eos is not None and eos not in ids:
+            ids.append(eos)
         return ids
 
 
@@ -49,7 +50,7 @@ def resolve_folder(ref_or_path, settings=None) -> Path:
 
     info = registry.resolve(str(ref_or_path), settings=settings)
     if info.kind == "adapter":
-        from ember.finetune.adapters import merged_folder
+        from ember.store.adapters import merged_folder
 
         return Path(merged_folder(info, settings))
     return Path(registry.materialize(info, settings=settings))

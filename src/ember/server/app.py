@@ -4,9 +4,9 @@
     ember serve --model my-model@production --port 9000 --max-queue 64 --require-key
 
 `create_app(config)` returns the app; models load in a background thread after startup so /health answers
-at once and /ready turns 200 when every model is loaded. Routes live in routers: openai_api.router (/v1,
-/tokenize, /detokenize) and, when that module exists, ember.server.platform_api.router (/api, admin keys).
-A new capability adds its router to `ROUTERS` below, or calls `app.include_router` on the returned app.
+at once and /ready turns 200 when every model is loaded. Routes live in the routers listed in `ROUTERS`:
+openai_api (/v1 completions, chat, embeddings, /tokenize, /detokenize), tasks_api (/v1/classify, /v1/tag),
+rerank_api (/v1/rerank, /score) and platform_api (/api, admin keys). A new capability adds its router there.
 
 `serve(config)` runs uvicorn. SIGTERM/SIGINT: stop admitting (new requests get 503, queued ones still
 run), let in-flight requests finish for up to `shutdown_timeout` seconds, cancel what is left (each stream's
@@ -30,8 +30,8 @@ from ember.server.middleware import BodyLimit, RequestLog
 from ember.server.pool import Pool
 
 log = logging.getLogger("ember.server")
-# Routers from other capabilities: (module, attribute); a module that has not landed yet is skipped.
-OPTIONAL_ROUTERS = [("ember.server.platform_api", "router"), ("ember.server.tasks_api", "router")]
+# Every route of the server, one router per module (imported when an app is created).
+ROUTERS = ["ember.server.openai_api", "ember.server.tasks_api", "ember.server.rerank_api", "ember.server.platform_api"]
 
 
 @dataclass
@@ -115,17 +115,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     async def metrics_endpoint():
         return Response(st.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    from ember.server import openai_api
-
-    app.include_router(openai_api.router)
-    for module, attr in OPTIONAL_ROUTERS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        app.include_router(getattr(mod, attr))
+    for module in ROUTERS:
+        app.include_router(importlib.import_module(module).router)
     return app
 
 

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ember.errors import EmberError, Overloaded
+from ember.errors import Conflict, EmberError, Overloaded
 
 log = logging.getLogger("ember.server")
 
@@ -45,6 +45,9 @@ def from_ember(e: EmberError) -> JSONResponse:
     message = e.message
     if status >= 500:
         log.error("server error %s: %s", type(e).__name__, e.message)
+    if isinstance(e, Conflict) and e.details:
+        return JSONResponse({**error_body(message, e.type, e.param, e.code), **e.details}, status_code=status,
+                            headers=headers)
     return error_response(status, message, e.type, e.param, e.code, headers)
 
 

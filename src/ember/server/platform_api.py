@@ -15,7 +15,6 @@ only: a path would let a client make the server read any YAML/JSONL file it can 
 """
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ember.errors import InvalidRequest
@@ -52,9 +51,10 @@ def list_models(request: Request, name: str | None = None):
 
 @router.get("/models/{ref}")
 def show_model(ref: str, request: Request):
-    from ember.store import registry
+    from ember.store import evals, registry
 
-    return registry.resolve(ref, _settings(request)).to_dict()
+    info = registry.resolve(ref, _settings(request))
+    return {**info.to_dict(), "evals": evals.summary(info.ref, _settings(request))}
 
 
 @router.get("/models/{name}/aliases/{alias}/history")
@@ -77,11 +77,9 @@ def promote(name: str, alias: str, body: PromoteRequest, request: Request):
     from ember.evaluate.gates import promote as do_promote
 
     d = do_promote(name, alias, body.version, body.gates, settings=_settings(request))
-    if d.moved:
-        return d.to_dict()
-    message = f"promotion refused, {d.alias} stays at {d.current}: " + "; ".join(g.message for g in d.failed)
-    return JSONResponse({"error": {"message": message, "type": "gate_failed", "param": "gates", "code": None},
-                         "decision": d.to_dict()}, status_code=409)
+    if not d.moved:
+        raise d.refusal()
+    return d.to_dict()
 
 
 @router.get("/evals")

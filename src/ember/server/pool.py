@@ -6,7 +6,7 @@ A served model's id (in /v1/models and in responses) is the reference it was sta
 typed: that is the name clients already know. A request may also name it by any other reference to the
 same version (`name`, `name:N`, `name@alias`); those are resolved through the registry (cached briefly)
 and matched by version. Decoder models (llama, mistral, gpt2) serve completions and chat; encoder models
-(BERT family) serve embeddings.
+(BERT family) serve embeddings, and by their head classify, tag, rerank and score (engine/encoders.py).
 """
 
 import logging
@@ -18,7 +18,6 @@ from ember.errors import EmberError, InvalidRequest, NotFound, Unsupported
 from ember.server.admission import Admission
 
 log = logging.getLogger("ember.server")
-ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "deberta", "deberta-v2"}
 DEFAULT_MODELS = ["smollm2-135m-instruct", "minilm-l6-v2"]
 
 
@@ -50,15 +49,15 @@ class ServedModel:
 
 
 def model_kind(metadata: dict) -> str:
-    from ember.models.loading import DECODERS
+    """"generate" or "embed": the engine decides, so a type it cannot load is refused before loading."""
+    from ember.engine.encoders import DECODERS, ENCODER_TYPES, kind_of
 
     mtype = (metadata.get("model_type") or "").lower()
-    if mtype in DECODERS:
-        return "generate"
-    if mtype in ENCODER_TYPES:
-        return "embed"
-    raise Unsupported(f"model_type {mtype or '(unknown)'!r} cannot be served: Ember serves decoders "
-                      f"({', '.join(sorted(DECODERS))}) and BERT-family encoders")
+    kind = kind_of(mtype)
+    if kind is None:
+        raise Unsupported(f"model_type {mtype or '(unknown)'!r} cannot be served: Ember serves decoders "
+                          f"({', '.join(sorted(DECODERS))}) and encoders ({', '.join(sorted(ENCODER_TYPES))})")
+    return kind
 
 
 def resolve_or_pull(ref: str, settings):

@@ -5,25 +5,22 @@
     curl localhost:8000/v1/tag -d '{"model": "my-ner", "input": "Maria Lopez flew to New York."}'
 
 A model serves /v1/classify when `ember finetune classify` made it (metadata task "text-classification"),
-/v1/tag when `ember finetune tag` made it ("token-classification"). The task head is loaded on the first
-request for the model (the pool loads encoders for embeddings only) and kept. /v1/tag returns entities
+/v1/tag when `ember finetune tag` made it ("token-classification"). The pool loads the model once, with its
+head, as the engine's `Encoder` (engine/encoders.py); the same object embeds. /v1/tag returns entities
 whose [start, end) character offsets slice the input to the entity's text, and every word with its tag.
 """
 
 import asyncio
-import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from ember.engine import compute
 from ember.errors import InvalidRequest
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady
 
 router = APIRouter(dependencies=[Depends(require_scope("inference"))])
-_cache_lock = threading.Lock()
 Inputs = StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=2048)]
 
 
@@ -33,49 +30,35 @@ class TaskRequest(BaseModel):
     input: Inputs
 
 
-def _served(request: Request, name: str | None, task: str):
+def served_encoder(request: Request, name: str | None, fits, what: str):
+    """The served encoder a request names (or the only one that `fits`), refused with a 400 naming the
+    model when it cannot do `what`."""
     st = request.app.state
     if st.draining:
         raise NotReady("the server is shutting down")
     if not st.pool.ready:
         raise NotReady("models are still loading; see /ready")
     if name is None:
-        fit = [m for m in st.pool.all() if m.metadata.get("task") == task]
+        fit = [m for m in st.pool.all() if m.kind == "embed" and fits(m)]
         if len(fit) != 1:
             raise InvalidRequest("the 'model' parameter is required", param="model")
         return fit[0]
-    served = st.pool.get(name, "embed")
-    if served.metadata.get("task") != task:
-        what = "classification" if task == "text-classification" else "tagging"
-        raise InvalidRequest(f"the model {served.id!r} is not a {what} model (fine-tune one with "
-                             f"`ember finetune {'classify' if what == 'classification' else 'tag'}`)",
-                             param="model", code="model_not_supported")
+    try:
+        served = st.pool.get(name, "embed")
+    except InvalidRequest:  # a decoder
+        raise InvalidRequest(f"the model {name!r} is a text generation model; {what}",
+                             param="model", code="model_not_supported") from None
+    if not fits(served):
+        raise InvalidRequest(f"the model {served.id!r} cannot do this: {what}", param="model",
+                             code="model_not_supported")
     return served
 
 
-def _head(request: Request, served, task: str):
-    """The Classifier / Tagger of a served model, loaded once (under the model's lock)."""
-    st = request.app.state
-    with _cache_lock:
-        cache = getattr(st, "task_heads", None)
-        if cache is None:
-            st.task_heads = cache = {}
-    with served.lock:
-        head = cache.get(served.ref)
-        if head is None:
-            from ember.store import registry
-
-            folder = registry.materialize(served.ref, st.settings)
-            if task == "text-classification":
-                from ember.finetune.classify import Classifier
-
-                head = compute.run(Classifier, folder)
-            else:
-                from ember.finetune.tag import Tagger
-
-                head = compute.run(Tagger, folder)
-            cache[served.ref] = head
-        return head
+def _served(request: Request, name: str | None, task: str):
+    how = "classify" if task == "text-classification" else "tag"
+    what = (f"{'classification' if how == 'classify' else 'tagging'} needs a model made by "
+            f"`ember finetune {how}`")
+    return served_encoder(request, name, lambda m: m.metadata.get("task") == task, what)
 
 
 def _inputs(body: TaskRequest) -> list[str]:
@@ -85,18 +68,16 @@ def _inputs(body: TaskRequest) -> list[str]:
     return items
 
 
-# These run in a worker thread and hand the model work to the compute thread while holding the model's
-# lock; nothing on the compute thread ever takes that lock, so the two cannot wait on each other.
-def _classify(request, served, texts):
-    head = _head(request, served, "text-classification")
+# These run in a worker thread; the encoder hands each batch to the compute thread. The model's lock keeps
+# one request's batches together (memory stays bounded); nothing on the compute thread takes that lock.
+def _classify(served, texts):
     with served.lock:
-        return compute.run(head.predict, texts)
+        return served.encoder.enc.classify(texts)
 
 
-def _tag(request, served, texts):
-    head = _head(request, served, "token-classification")
+def _tag(served, texts):
     with served.lock:
-        return compute.run(lambda: [head.tag(t) for t in texts])
+        return [served.encoder.enc.tag(t) for t in texts]
 
 
 @router.post("/v1/classify")
@@ -104,7 +85,7 @@ async def classify(body: TaskRequest, request: Request):
     served = _served(request, body.model, "text-classification")
     texts = _inputs(body)
     async with served.admission.slot():
-        ranked = await asyncio.get_running_loop().run_in_executor(None, _classify, request, served, texts)
+        ranked = await asyncio.get_running_loop().run_in_executor(None, _classify, served, texts)
     request.state.log.update({"model": served.id, "inputs": len(texts)})
     return {"object": "list", "model": served.id,
             "data": [{"object": "classification", "index": i, "label": r[0]["label"], "score": r[0]["score"],
@@ -116,7 +97,7 @@ async def tag(body: TaskRequest, request: Request):
     served = _served(request, body.model, "token-classification")
     texts = _inputs(body)
     async with served.admission.slot():
-        tagged = await asyncio.get_running_loop().run_in_executor(None, _tag, request, served, texts)
+        tagged = await asyncio.get_running_loop().run_in_executor(None, _tag, served, texts)
     request.state.log.update({"model": served.id, "inputs": len(texts)})
     return {"object": "list", "model": served.id,
             "data": [{"object": "tagging", "index": i, **t} for i, t in enumerate(tagged)]}

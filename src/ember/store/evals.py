@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from ember.config import Settings, get_settings
 from ember.errors import NotFound
-from ember.store import blobs, db
+from ember.store import blobs, db, registry
 
 
 def _aware(t):
@@ -35,8 +35,6 @@ def _row_dict(r: db.EvalRun, ref: str) -> dict:
 def record(ref: str, task: str, *, task_digest: str, data_digest: str, settings_used: dict, metrics: dict,
            outputs: list[dict] | None = None, settings: Settings | None = None) -> dict:
     """Store one run for the version `ref` resolves to (now); returns it as a dict."""
-    from ember.store import registry
-
     settings = settings or get_settings()
     info = registry.resolve(ref, settings)
     outputs_digest = None
@@ -48,7 +46,7 @@ def record(ref: str, task: str, *, task_digest: str, data_digest: str, settings_
                 for o in outputs:
                     f.write(json.dumps(o, ensure_ascii=False, default=str) + "\n")
             # Held like an import so a concurrent `gc` cannot delete the blob before the row references it.
-            with registry._gc_lock(settings, exclusive=False):
+            with registry.gc_lock(settings, exclusive=False):
                 outputs_digest, _ = blobs.put_file(Path(tmp), settings)
                 return _insert(info, task, task_digest, data_digest, settings_used, metrics, outputs_digest,
                                settings)
@@ -76,8 +74,6 @@ def _version_row(s, name: str, number: int) -> db.Version:
 
 def runs(ref: str, task: str | None = None, settings: Settings | None = None) -> list[dict]:
     """Every run of one version, oldest first (optionally of one task name)."""
-    from ember.store import registry
-
     info = registry.resolve(ref, settings)
     with db.session(settings) as s:
         v = _version_row(s, info.name, info.number)
@@ -129,11 +125,12 @@ def latest(ref: str, task: str | None = None, *, task_digest: str | None = None,
     return None
 
 
-def summary(s, version_id: int, ref: str) -> list[dict]:
+def summary(ref: str, settings: Settings | None = None) -> list[dict]:
     """What `ember models show` lists: the newest run per (task, task digest, data digest), without outputs.
-    Called by registry._info inside its own session."""
+    The registry's VersionInfo does not carry it (store/registry imports nothing from here); the CLI and
+    the platform API add it to what they show."""
     newest: dict[tuple, dict] = {}
-    for r in runs_for_version_id(s, version_id, ref):
+    for r in runs(ref, None, settings):
         newest[(r["task"], r["task_digest"], r["data_digest"])] = r
     return [{k: r[k] for k in ("id", "task", "task_digest", "data_digest", "metrics", "settings",
                                "outputs_digest", "created_at")} for r in newest.values()]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ember.config import Settings, get_settings
-from ember.errors import CorruptFile, InvalidRequest, NotFound, Unsupported
+from ember.errors import CorruptFile, NotFound, Unsupported
 from ember.store import blobs, registry
 from ember.store.folder import safe_files
 
@@ -130,8 +130,8 @@ def _gguf_fields(path: Path) -> dict:
         field = reader.fields.get(key)
         if field is not None and field.data:
             value = field.parts[field.data[0]]
-            out[dest] = bytes(value).decode("utf-8", "replace") if value.dtype.kind == "u" and key != "general.file_type" \
-                else int(value[0])
+            text = value.dtype.kind == "u" and key != "general.file_type"
+            out[dest] = bytes(value).decode("utf-8", "replace") if text else int(value[0])
     return out
 
 

@@ -44,7 +44,6 @@ class VersionInfo:
     parent: str | None
     created_at: datetime
     lineage: list[str] = field(default_factory=list)  # parent chain, nearest first
-    evals: list[dict] = field(default_factory=list)  # newest evaluation run per task (ember.store.evals)
 
     @property
     def ref(self) -> str:
@@ -79,7 +78,7 @@ def _actor() -> str:
 
 
 @contextmanager
-def _gc_lock(settings: Settings, exclusive: bool):
+def gc_lock(settings: Settings, exclusive: bool):
     """Imports hold it shared from their first blob to their commit; garbage collection needs it alone."""
     settings.home.mkdir(parents=True, exist_ok=True)
     with open(settings.home / ".gc.lock", "a") as f:
@@ -110,13 +109,7 @@ def _info(s, v: db.Version) -> VersionInfo:
         files={f.path: f.digest for f in sorted(v.files, key=lambda f: f.path)},
         sizes={f.path: f.size for f in v.files}, aliases=aliases,
         tags={t.key: t.value for t in sorted(v.tags, key=lambda t: t.key)}, parent=v.parent,
-        created_at=_aware(v.created_at), lineage=lineage, evals=_evals_summary(s, v))
-
-
-def _evals_summary(s, v: db.Version) -> list[dict]:
-    from ember.store import evals  # evals imports this module
-
-    return evals.summary(s, v.id, f"{v.model.name}:{v.number}")
+        created_at=_aware(v.created_at), lineage=lineage)
 
 
 def _aware(t: datetime) -> datetime:
@@ -189,7 +182,7 @@ def register_folder(folder: Path, name: str, *, kind: str = "model", metadata: d
     db.connect(settings)
     if parent:
         parent = resolve(parent, settings).ref
-    with _gc_lock(settings, exclusive=False):
+    with gc_lock(settings, exclusive=False):
         stored = {str(rel): blobs.put_file(folder / rel, settings) for rel in files}
         with db.session(settings) as s:
             model = s.scalar(select(db.Model).where(db.Model.name == name))
@@ -287,7 +280,7 @@ def delete(ref: str, settings: Settings | None = None) -> VersionInfo:
 def gc(settings: Settings | None = None) -> int:
     """Delete blobs no version references; returns how many. Skipped while an import is writing blobs."""
     settings = settings or get_settings()
-    with _gc_lock(settings, exclusive=True) as got:
+    with gc_lock(settings, exclusive=True) as got:
         if not got:
             return 0
         with db.session(settings) as s:

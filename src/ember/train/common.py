@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -50,7 +49,8 @@ def finish(cfg, model, tokenizer, tok_ref: str, data: Prepared, result, info, pa
     """Save out/final as an HF folder, register it (rank 0) with lineage, write out/result.json."""
     folder = ckpt.save_hf(model, Path(cfg.out) / "final", info, tokenizer=tokenizer)
     summary = {"step": result.step, "final_loss": result.loss, "final_val_loss": result.val_loss,
-               "final_val_ppl": result.val_ppl, "folder": str(folder) if folder else None, "ref": None, "rank": info.rank}
+               "final_val_ppl": result.val_ppl, "folder": str(folder) if folder else None, "ref": None,
+               "rank": info.rank}
     if not info.is_main:
         return summary
     if cfg.register:
@@ -68,6 +68,3 @@ def finish(cfg, model, tokenizer, tok_ref: str, data: Prepared, result, info, pa
     out.write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
-
-def safe_exp(x: float | None) -> float | None:
-    return None if x is None else math.exp(min(x, 50.0))

@@ -167,6 +167,3 @@ def load_config(cls: type, path: str | Path | None, overrides: list[str] | None 
         raise InvalidRequest("config key 'lr' must be positive", param="lr")
     return cfg
 
-
-def as_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)

@@ -37,8 +37,7 @@ from typing import Callable, Iterable, Protocol
 
 import torch
 
-from ember.train import checkpoint as ckpt
-from ember.train import distributed
+from ember.train import checkpoint as ckpt, distributed
 
 
 class Batches(Protocol):
@@ -153,10 +152,15 @@ def evaluate(model, loss_fn, val_batches: Callable[[], Iterable[dict]], device, 
 
 
 def _progress(show: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
     from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     # stderr, so that stdout stays clean for `--json` results
     return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
@@ -187,7 +191,7 @@ def train(model: torch.nn.Module, batches: Batches, loss_fn: Callable, settings:
     metrics.open(keep_up_to=step)
     last_ckpt = None
     loss_val, val = None, {}
-    last_time, last_tokens, tokens_since = time.perf_counter(), 0, 0
+    last_time, tokens_since = time.perf_counter(), 0
     history: list[dict] = []
     model.train()
     with _progress(main and s.progress) as bar:

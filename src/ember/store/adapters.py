@@ -8,7 +8,8 @@ base model version. `merged_folder` materializes the base, applies the adapter w
 `merge_and_unload`, and saves a plain HF folder (weights + the base's tokenizer, chat template and
 generation config) under EMBER_HOME/merged/, keyed by both manifests, so every later load is a cache hit
 and any process (server replicas sharing EMBER_HOME) reuses it. For a non-adapter reference it is just
-`registry.materialize`.
+`registry.materialize`. It lives in store/ beside `importers.py` (which also turns weights into a new version)
+so that `models/loading.py` can load an adapter reference without reaching up into fine-tuning.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Preallocated per-slot KV cache and the attention over it, shared by every decoder family.
 
-    engine = Engine.load("smollm2-135m-instruct", max_slots=32, max_seq_len=2048)   # builds one KVCache
+    engine = Engine.load("smollm2-135m-instruct", max_slots=32, max_seq_len=2048)   # model.make_cache(32, 2048)
+
+The model owns its attention and cache layout (`decoder.make_cache`, `decoder.forward(StepBatch, cache)`);
+the engine only decides which tokens go into a step (`make_batch`) and which slot each sequence holds.
 
 Layout: keys and values are one tensor each, [layers, slots, kv_heads, max_seq_len, head_dim]. A running
 sequence owns one slot; its length is the number of cached positions. Nothing is ever re-padded or copied
