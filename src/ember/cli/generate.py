@@ -105,10 +105,11 @@ def chat(ref: str = typer.Argument(..., help="Model reference or HF folder (need
          local: bool = LOCAL):
     """Interactive chat: streams each answer, keeps the history. /reset clears it, /exit or Ctrl-D ends,
     Ctrl-C stops an answer."""
-    from ember.cli import chat_repl, remote as api
+    from ember.cli import chat_repl
+    from ember.cli import remote as api
     from ember.config import get_settings
 
-    sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
     server = api.connect(ref, local)
     if server is not None:
         answer = api.chat_answerer(server, **sampling)

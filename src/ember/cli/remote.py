@@ -20,8 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
-from ember.errors import (EmberError, Forbidden, InvalidRequest, NotFound, Overloaded, PayloadTooLarge,
-                          Unauthorized)
+from ember.errors import (
+    EmberError,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    Unauthorized,
+)
 
 DEFAULT_HOST = "http://127.0.0.1:8000"
 CONNECT_TIMEOUT = 0.5  # seconds: a local server accepts in microseconds; nobody listening refuses at once
