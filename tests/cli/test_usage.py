@@ -49,6 +49,15 @@ def test_a_real_ember_error_keeps_its_own_exit_code(run_cli, ember_home):
     assert r.returncode == 3 and r.stderr.startswith("error:") and "Usage" not in r.stderr
 
 
+def test_cli_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, ember.cli.main; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
+    assert r.stdout.split() == ["False", "False"], r.stderr
+
+
 def test_version(run_cli):
     from ember import __version__
 

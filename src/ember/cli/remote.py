@@ -37,8 +37,9 @@ BY_STATUS = {400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFou
              429: Overloaded}
 
 
-class Fallback(Exception):
-    """The server cannot run this request (model not served, context too small): run it locally."""
+class Fallback(InvalidRequest):
+    """The server cannot run this request (model not served, context too small): `generate` runs it locally;
+    where there is no going back (a chat already under way, a batch line) it is an ordinary error."""
 
 
 def note(message: str) -> None:
@@ -83,7 +84,12 @@ class Remote:
         return self.card.get("max_model_len")
 
     def post(self, path: str, body: dict) -> dict:
-        resp = self.client.post(path, json={**body, "model": self.model})
+        import httpx
+
+        try:
+            resp = self.client.post(path, json={**body, "model": self.model})
+        except httpx.HTTPError as e:
+            raise EmberError(f"lost the server at {self.base}: {e}") from None
         if resp.status_code != 200:
             raise self._refusal(resp)
         return resp.json()
@@ -91,6 +97,14 @@ class Remote:
     def stream(self, path: str, body: dict) -> Iterator[str]:
         """Text deltas of choice 0 of a streamed completion or chat completion. Closing the generator
         (Ctrl-C) closes the connection, and the server aborts the request."""
+        import httpx
+
+        try:
+            yield from self._stream(path, body)
+        except httpx.HTTPError as e:
+            raise EmberError(f"lost the server at {self.base}: {e}") from None
+
+    def _stream(self, path: str, body: dict) -> Iterator[str]:
         chat = "chat" in path
         with self.client.stream("POST", path, json={**body, "model": self.model, "stream": True}) as resp:
             if resp.status_code != 200:
@@ -111,7 +125,7 @@ class Remote:
     def count_chat_tokens(self, messages: list[dict]) -> int:
         return int(self.post("/tokenize", {"messages": messages})["count"])
 
-    def _refusal(self, resp) -> Exception:
+    def _refusal(self, resp) -> EmberError:
         err = _error(resp)
         if err.code == "model_not_found":
             return Fallback(f"the server at {self.base} does not serve {self.model}")
