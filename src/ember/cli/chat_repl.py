@@ -109,25 +109,36 @@ def run(answer: Answerer, system: str | None = None, *, interactive: bool | None
         if not cmd:
             continue
         messages.append({"role": "user", "content": line})
-        parts: list[str] = []
-        stream = answer(messages)
+        try:
+            _turn(answer, messages, interactive)
+        except KeyboardInterrupt:  # a second Ctrl-C while the turn was being wrapped up: still just a turn
+            sys.stdout.write("\n")
+            if messages[-1]["role"] == "user":
+                messages.pop()
+
+
+def _turn(answer: Answerer, messages: list[dict], interactive: bool) -> None:
+    """Streams one answer to stdout and appends it to `messages` (on an error the user's message is dropped)."""
+    parts: list[str] = []
+    stream = answer(messages)
+    try:
         try:
             for text in stream:
                 sys.stdout.write(text)
                 sys.stdout.flush()
                 parts.append(text)
-        except KeyboardInterrupt:
-            parts.append("")  # what was shown stays in the history; the rest is never generated
+        except KeyboardInterrupt:  # what was shown stays in the history; the rest is never generated
             sys.stdout.write(" [stopped]")
-        except EmberError as e:
-            if not interactive:
-                raise
-            sys.stdout.write("\n" if parts else "")
-            print(f"error: {e.message}", file=sys.stderr, flush=True)
-            messages.pop()
-            continue
         finally:
             stream.close()
-        sys.stdout.write("\n")  # the answer ends its line: the next prompt starts on a fresh one
+    except EmberError as e:
+        if not interactive:
+            raise
+        sys.stdout.write("\n" if parts else "")
         sys.stdout.flush()
-        messages.append({"role": "assistant", "content": "".join(parts)})
+        print(f"error: {e.message}", file=sys.stderr, flush=True)
+        messages.pop()
+        return
+    messages.append({"role": "assistant", "content": "".join(parts)})
+    sys.stdout.write("\n")  # the answer ends its line: the next prompt starts on a fresh one
+    sys.stdout.flush()
