@@ -12,6 +12,7 @@
     ember models rm smollm2-135m-instruct:1
 """
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -144,7 +145,17 @@ def history(name_at_alias: str = typer.Argument(..., metavar="NAME@ALIAS"), as_j
         return print_json(events)
     table(f"{name}@{al}", [Col("at", full=True), Col("action", full=True), Col("from", full=True),
                            Col("to", full=True), Col("actor", drop=2), Col("detail", drop=1)],
-          [[e["at"], e["action"], e["from"], e["to"], e["actor"], e["detail"] or ""] for e in events])
+          [[e["at"][:19].replace("T", " "), e["action"], e["from"], e["to"], e["actor"], _detail(e["detail"])] for e in events])
+
+
+def _detail(detail) -> str:
+    """An alias event's detail in a few words (the whole record is in --json)."""
+    if not detail:
+        return ""
+    if isinstance(detail, dict) and "gates" in detail:
+        failed = detail.get("failed") or []
+        return f"failed: {', '.join(failed)}" if failed else f"passed: {', '.join(g['gate'] for g in detail['gates'])}"
+    return json.dumps(detail, default=str) if not isinstance(detail, str) else detail
 
 
 @app.command()
