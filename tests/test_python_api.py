@@ -30,7 +30,15 @@ def test_every_public_name_resolves():
 
 
 def test_register_resolve_generate_through_the_top_level(tiny_chat_dir, ember_home):
-    from ember import Engine, NotFound, SamplingParams, list_versions, register_folder, resolve, set_alias
+    from ember import (
+        Engine,
+        NotFound,
+        SamplingParams,
+        list_versions,
+        register_folder,
+        resolve,
+        set_alias,
+    )
 
     v = register_folder(tiny_chat_dir, "tiny")
     set_alias("tiny", "prod", v.number)

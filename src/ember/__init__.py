@@ -51,7 +51,7 @@ _EXPORTS = {
     "PayloadTooLarge": "ember.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *_EXPORTS.keys()]  # noqa: PLE0604 (the keys are strings)
 
 
 def __getattr__(name: str):
