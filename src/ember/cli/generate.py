@@ -4,6 +4,9 @@
     ember chat smollm2-135m-instruct --system "You are terse."
     ember batch smollm2-135m-instruct requests.jsonl results.jsonl
 
+With an `ember serve` running at EMBER_HOST (default 127.0.0.1:8000) that serves the model, all three
+talk to it over the API instead of loading the model (cli/remote.py); `--local` always runs in-process.
+
 `batch` reads OpenAI batch lines ({"custom_id", "method", "url", "body"}), runs them all through one
 continuous batch, and writes one result per line in input order (flushed line by line). A bad line becomes
 an error record and the rest still run; rerunning with the same out.jsonl skips the lines already done.
@@ -22,6 +25,7 @@ import typer
 from ember.errors import EmberError, InvalidRequest
 
 MAX_TOKENS = typer.Option(None, "--max-tokens", help="New tokens at most (default: 256; batch: the body's).")
+LOCAL = typer.Option(False, "--local", help="Load the model in this process even when a server is running.")
 
 
 def register(root: typer.Typer) -> None:
@@ -48,12 +52,23 @@ def generate(ref: str = typer.Argument(..., help="Model reference (name, name:3,
              stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
              chat_mode: bool = typer.Option(False, "--chat", help="Wrap the prompt as one user message."),
              stream: bool = typer.Option(False, "--stream/--no-stream", help="Print tokens as they come."),
-             threads: int = typer.Option(None, "--threads")):
-    """Complete one prompt."""
-    from ember.engine.sampling import SamplingParams
+             threads: int = typer.Option(None, "--threads"),
+             local: bool = LOCAL):
+    """Complete one prompt (through a running `ember serve` when there is one)."""
+    from ember.cli import remote as api
 
     if prompt == "-":
         prompt = sys.stdin.read()
+    server = api.connect(ref, local)
+    if server is not None:
+        try:
+            return api.generate(server, prompt, chat_mode=chat_mode, stream=stream, max_tokens=max_tokens,
+                                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, beams=beams,
+                                stop=stop or [])
+        except api.Fallback as e:
+            api.note(f"{e}; loading {ref} locally")
+    from ember.engine.sampling import SamplingParams
+
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                             num_beams=beams, stop=stop or [])
     engine = _engine(ref, max_slots=4, max_seq_len=min(8192, max(2048, max_tokens + 1024)), threads=threads)
@@ -86,35 +101,23 @@ def chat(ref: str = typer.Argument(..., help="Model reference or HF folder (need
          temperature: float = typer.Option(0.7, "--temperature"),
          top_p: float = typer.Option(0.95, "--top-p"),
          seed: int = typer.Option(None, "--seed"),
-         threads: int = typer.Option(None, "--threads")):
-    """Interactive chat: streams each answer, keeps the history. /reset clears it, /exit or Ctrl-D ends."""
-    from ember.engine.sampling import SamplingParams
+         threads: int = typer.Option(None, "--threads"),
+         local: bool = LOCAL):
+    """Interactive chat: streams each answer, keeps the history. /reset clears it, /exit or Ctrl-D ends,
+    Ctrl-C stops an answer."""
+    from ember.cli import chat_repl
+    from ember.cli import remote as api
+    from ember.config import get_settings
 
-    engine = _engine(ref, max_slots=2, threads=threads)
-    base = [{"role": "system", "content": system}] if system else []
-    history = list(base)
-    engine.chat_prompt(history + [{"role": "user", "content": "hi"}])  # fail now if there is no template
-    interactive = sys.stdin.isatty()
-    while True:
-        try:
-            line = input("> " if interactive else "")
-        except EOFError:
-            break
-        if line.strip() in ("/exit", "/quit"):
-            break
-        if line.strip() == "/reset":
-            history = list(base)
-            continue
-        if not line.strip():
-            continue
-        history.append({"role": "user", "content": line})
-        ids = engine.chat_prompt(history)
-        room = engine.context_length - len(ids) - 1
-        if room < 1:
-            raise InvalidRequest("the conversation no longer fits the context; /reset it")
-        params = SamplingParams(max_tokens=min(max_tokens, room), temperature=temperature, top_p=top_p, seed=seed)
-        answer = _stream_print(engine, ids, params)
-        history.append({"role": "assistant", "content": answer})
+    sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    server = api.connect(ref, local)
+    if server is not None:
+        answer = api.chat_answerer(server, **sampling)
+    else:
+        engine = _engine(ref, max_slots=2, threads=threads)
+        engine.chat_prompt([{"role": "user", "content": "hi"}])  # fail now if there is no template
+        answer = chat_repl.local_answerer(engine, **sampling)
+    chat_repl.run(answer, system, history=get_settings().home / "chat_history")
 
 
 # ----- batch -----
@@ -197,7 +200,8 @@ def batch(ref: str = typer.Argument(..., help="Model reference or HF folder."),
           input_path: Path = typer.Argument(..., help="OpenAI batch input (.jsonl)."),
           output_path: Path = typer.Argument(..., help="Results (.jsonl), appended; rerun to resume."),
           max_slots: int = typer.Option(32, "--max-slots"),
-          threads: int = typer.Option(None, "--threads")):
+          threads: int = typer.Option(None, "--threads"),
+          local: bool = LOCAL):
     """Offline batch inference, results in input order; reruns resume after the last written line."""
     from rich.progress import Progress
 
@@ -212,6 +216,14 @@ def batch(ref: str = typer.Argument(..., help="Model reference or HF folder."),
     done = _done_lines(output_path)
     if done > len(lines):
         raise InvalidRequest(f"{output_path} has more results ({done}) than {input_path} has lines")
+    from ember.cli import remote as api
+
+    server = api.connect(ref, local) if done < len(lines) else None
+    if server is not None:
+        n_err = api.batch(server, lines, done, output_path)
+        print(f"{len(lines)} lines: {len(lines) - done} run by {server.base}, {done} already done, {n_err} errors "
+              f"-> {output_path}", file=sys.stderr)
+        return
     engine = _engine(ref, max_slots=max_slots)
     results: dict[int, dict] = {}
     cond = threading.Condition()

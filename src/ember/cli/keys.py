@@ -7,7 +7,7 @@
 
 import typer
 
-from ember.cli.output import console, print_json, table
+from ember.cli.output import Col, console, print_json, table
 
 app = typer.Typer(no_args_is_help=True, help="Manage API keys for `ember serve`.")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
@@ -40,7 +40,8 @@ def list_(as_json: bool = JSON):
     rows = keys.list_keys()
     if as_json:
         return print_json([k.to_dict() for k in rows])
-    table("API keys", ["id", "name", "scopes", "status", "created", "last used"],
+    table("API keys", [Col("id", full=True), Col("name", full=True), Col("scopes", drop=2), "status",
+                       Col("created", drop=4), Col("last used", drop=3)],
           [[k.id, k.name, ",".join(k.scopes), "active" if k.active else "revoked", k.created_at.isoformat()[:19],
             k.last_used_at.isoformat()[:19] if k.last_used_at else ""] for k in rows])
 
