@@ -21,7 +21,7 @@ _EXPORTS = {
     "Engine": "ember.engine.engine",
     "SamplingParams": "ember.engine.sampling",
     "Completion": "ember.engine.scheduler",
-    "Encoder": "ember.engine.embed",
+    "Encoder": "ember.engine.encoders",
     # registry
     "VersionInfo": "ember.store.registry",
     "resolve": "ember.store.registry",
