@@ -48,10 +48,9 @@ _EXPORTS = {
     "Unauthorized": "ember.errors",
     "Forbidden": "ember.errors",
     "Overloaded": "ember.errors",
-    "PayloadTooLarge": "ember.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS.keys()]  # noqa: PLE0604 (the keys are strings)
+__all__ = ["__version__", *_EXPORTS.keys()]
 
 
 def __getattr__(name: str):

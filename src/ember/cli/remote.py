@@ -26,14 +26,13 @@ from ember.errors import (
     InvalidRequest,
     NotFound,
     Overloaded,
-    PayloadTooLarge,
     Unauthorized,
 )
 
 DEFAULT_HOST = "http://127.0.0.1:8000"
 CONNECT_TIMEOUT = 0.5  # seconds: a local server accepts in microseconds; nobody listening refuses at once
 PROBE_TIMEOUT = 3.0  # seconds for the whole probe: a server too busy to answer a model card is not used
-BY_STATUS = {400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 413: PayloadTooLarge,
+BY_STATUS = {400: InvalidRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 413: InvalidRequest,
              429: Overloaded}
 
 
