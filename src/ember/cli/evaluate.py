@@ -30,7 +30,8 @@ app = typer.Typer(cls=_EvalGroup, no_args_is_help=True,
                   help="Evaluate model versions on tasks; results are stored per version. "
                        "`ember eval REF --task FILE.yaml` (or --task builtin:generate) runs one.")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
-TASK_HELP = "A task YAML file, or builtin:perplexity | builtin:generate | builtin:classify | builtin:tag."
+TASK_HELP = ("A task YAML file, or builtin:perplexity | builtin:generate | builtin:classify | builtin:tag | "
+             "builtin:choice.")
 
 
 def register(root: typer.Typer) -> None:

@@ -8,7 +8,9 @@ With an `ember serve` running at EMBER_HOST (default 127.0.0.1:8000) that serves
 talk to it over the API instead of loading the model (cli/remote.py); `--local` always runs in-process.
 
 `batch` reads OpenAI batch lines ({"custom_id", "method", "url", "body"}), runs them all through one
-continuous batch, and writes one result per line in input order (flushed line by line). A bad line becomes
+continuous batch, and writes one result per line in input order (flushed line by line). Bodies are the
+server's: parsed by server/schemas.py, answered in server/formats.py's shapes (echo + logprobs and
+`max_tokens: 0` score a prompt; prompts may be token ids). A bad line becomes
 an error record and the rest still run; rerunning with the same out.jsonl skips the lines already done.
 """
 
@@ -16,8 +18,8 @@ import json
 import os
 import sys
 import threading
-import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -121,67 +123,66 @@ def chat(ref: str = typer.Argument(..., help="Model reference or HF folder (need
 
 
 # ----- batch -----
-
-def params_from_body(body: dict, chat: bool):
-    """OpenAI request body -> SamplingParams (the fields Ember supports; unknown ones are ignored)."""
-    from ember.engine.sampling import SamplingParams
-
-    lp = None
-    if chat and body.get("logprobs"):
-        lp = int(body.get("top_logprobs") or 0)
-    elif not chat and body.get("logprobs") is not None:
-        lp = int(body["logprobs"])
-    stop = body.get("stop") or []
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens", None if chat else 16))
-    try:
-        return SamplingParams(
-            max_tokens=max_tokens, temperature=float(body.get("temperature", 1.0)),
-            top_p=float(body.get("top_p", 1.0)), top_k=int(body.get("top_k", 0)), min_p=float(body.get("min_p", 0)),
-            presence_penalty=float(body.get("presence_penalty", 0)),
-            frequency_penalty=float(body.get("frequency_penalty", 0)),
-            repetition_penalty=float(body.get("repetition_penalty", 1.0)),
-            logit_bias=body.get("logit_bias") or {}, seed=body.get("seed"),
-            stop=[stop] if isinstance(stop, str) else list(stop), n=int(body.get("n", 1)), logprobs=lp)
-    except (TypeError, ValueError) as e:
-        raise InvalidRequest(f"bad parameter: {e}") from None
+# Lines are parsed with the server's own request models and rendered with its formatter (vLLM's run_batch.py
+# does the same), so a body means the same thing to `ember batch` as to `ember serve`.
 
 
-def _prepare(engine, line: str, lineno: int):
-    """-> (custom_id, url, prompt ids, params); raises EmberError for a bad line."""
+@dataclass
+class _Served:
+    """What server/formats.py reads of a served model."""
+
+    id: str
+    tokenizer: object
+
+
+@dataclass
+class _Line:
+    url: str
+    body: object  # CompletionRequest or ChatRequest
+    prompts: list[list[int]]
+    params: object  # SamplingParams
+
+
+def _prepare(engine, line: str, lineno: int) -> _Line:
+    """Parses one batch line; raises EmberError for a bad one."""
+    from pydantic import ValidationError
+
+    from ember.server.schemas import ChatRequest, CompletionRequest, validation_message
+
     try:
         req = json.loads(line)
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"line {lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(req, dict) or not isinstance(req.get("body"), dict):
         raise InvalidRequest(f"line {lineno}: expected an object with 'custom_id' and 'body'")
-    url, body = req.get("url", "/v1/chat/completions"), req["body"]
-    chat = "chat" in url or "messages" in body
-    if chat:
-        if not isinstance(body.get("messages"), list):
-            raise InvalidRequest(f"line {lineno}: 'messages' must be a list")
-        prompt = engine.chat_prompt(body["messages"])
+    url = req.get("url", "/v1/chat/completions")
+    if url not in ("/v1/chat/completions", "/v1/completions"):
+        raise InvalidRequest(f"line {lineno}: url must be /v1/chat/completions or /v1/completions", param="url")
+    model = ChatRequest if url == "/v1/chat/completions" else CompletionRequest
+    try:
+        body = model.model_validate(req["body"])
+    except ValidationError as e:
+        msg, param = validation_message(e.errors())
+        raise InvalidRequest(f"line {lineno}: {msg}", param=param) from None
+    if body.stream:
+        raise InvalidRequest(f"line {lineno}: stream is not available in a batch", param="stream")
+    params = body.to_sampling_params()
+    if isinstance(body, ChatRequest):
+        prompts = [engine.chat_prompt(body.message_dicts(), add_generation_prompt=body.add_generation_prompt)]
     else:
-        prompt = body.get("prompt")
-        if not isinstance(prompt, (str, list)):
-            raise InvalidRequest(f"line {lineno}: 'prompt' must be a string or a list of token ids")
-        prompt = engine.encode(prompt)
-    return url, chat, body, prompt, params_from_body(body, chat)
+        p = body.prompt
+        prompts = [engine.encode(p)] if isinstance(p, str) or isinstance(p[0], int) else [engine.encode(x) for x in p]
+    for ids in prompts:
+        engine.check(ids, params, param="messages" if isinstance(body, ChatRequest) else "prompt")
+    return _Line(url, body, prompts, params)
 
 
-def _response(comp, chat: bool, body: dict, ref: str) -> dict:
-    choices = []
-    for c in comp.choices:
-        if chat:
-            choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                            "finish_reason": c.finish_reason})
-        else:
-            choices.append({"index": c.index, "text": c.text, "finish_reason": c.finish_reason})
-    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{comp.request_id}",
-            "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": body.get("model", ref), "choices": choices,
-            "usage": {"prompt_tokens": comp.usage.prompt_tokens, "completion_tokens": comp.usage.completion_tokens,
-                      "total_tokens": comp.usage.total_tokens,
-                      "prompt_tokens_details": {"cached_tokens": comp.usage.cached_tokens}}}
+def _response(engine, ref: str, ln: _Line, accs: dict, usage) -> dict:
+    from ember.server import formats
+
+    served = _Served(ln.body.model or ref, engine.tokenizer)
+    cls = formats.ChatFormat if ln.url == "/v1/chat/completions" else formats.CompletionFormat
+    return cls(served, ln.prompts, ln.body).full(accs, usage, ln.body.n)
 
 
 def _done_lines(out: Path) -> int:
@@ -205,7 +206,8 @@ def batch(ref: str = typer.Argument(..., help="Model reference or HF folder."),
     """Offline batch inference, results in input order; reruns resume after the last written line."""
     from rich.progress import Progress
 
-    from ember.engine.engine import _Collector
+    from ember.engine.scheduler import Delta, Usage
+    from ember.server.formats import ChoiceAcc
 
     if not input_path.is_file():
         from ember.errors import NotFound
@@ -244,18 +246,33 @@ def batch(ref: str = typer.Argument(..., help="Model reference or HF folder."),
 
     def submit(i: int) -> None:
         try:
-            url, chat, body, ids, params = _prepare(engine, lines[i], i + 1)
-            acc = _Collector(ids)
+            ln = _prepare(engine, lines[i], i + 1)
+            accs: dict[int, dict] = {pi: {} for pi in range(len(ln.prompts))}
+            usage = Usage(0, 0)
+            pending = [len(ln.prompts)]
+            lock = threading.Lock()
 
-            def on_delta(d, i=i, acc=acc, chat=chat, body=body):
-                acc.add(d)
-                if d.usage is not None:
-                    record(i, _response(acc.completion(d), chat, body, ref), None)
+            def on_delta(d, pi, ln=ln, accs=accs, usage=usage, pending=pending, lock=lock):
+                with lock:
+                    accs[pi].setdefault(d.index, ChoiceAcc()).add(d)
+                    if d.usage is None:
+                        return
+                    usage.prompt_tokens += d.usage.prompt_tokens
+                    usage.completion_tokens += d.usage.completion_tokens
+                    usage.cached_tokens += d.usage.cached_tokens
+                    pending[0] -= 1
+                    if pending[0]:
+                        return
+                record(i, _response(engine, ref, ln, accs, usage), None)
 
-            if params.use_beam_search:
-                record(i, _response(engine.beam_search(ids, params), chat, body, ref), None)
-            else:
-                engine.add_request(ids, params, on_delta)
+            for pi, ids in enumerate(ln.prompts):
+                if ln.params.use_beam_search:
+                    comp = engine.beam_search(ids, ln.params)
+                    for c in comp.choices:
+                        on_delta(Delta(comp.request_id, c.index, c.text, c.token_ids, c.logprobs, c.finish_reason,
+                                       comp.usage if c.index == len(comp.choices) - 1 else None), pi)
+                else:
+                    engine.add_request(ids, ln.params, lambda d, pi=pi, f=on_delta: f(d, pi))
         except EmberError as e:
             record(i, None, e)
 

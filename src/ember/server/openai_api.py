@@ -1,5 +1,5 @@
 """The OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings, and vLLM's
-/tokenize and /detokenize.
+/tokenize, /detokenize and /tokenizer_info.
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="ember-...")   # any string when keys are off
@@ -20,14 +20,12 @@ import uuid
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 
-from ember.engine.sampling import SamplingParams
 from ember.errors import EmberError, InvalidRequest
 from ember.server import formats
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady, error_body
 from ember.server.generation import Run
-from ember.server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
-                                  TokenizeRequest)
+from ember.server.schemas import ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
 
 router = APIRouter(dependencies=[Depends(require_scope("inference"))])
 
@@ -84,26 +82,6 @@ async def get_model(model_id: str, request: Request):
 
 
 # ----- generation -----
-def _sampling(body, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-    try:
-        bias = {int(k): float(v) for k, v in (body.logit_bias or {}).items()}
-    except ValueError:
-        raise InvalidRequest("logit_bias keys must be token ids", param="logit_bias") from None
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    kw = dict(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
-              top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0, min_p=body.min_p or 0.0,
-              repetition_penalty=body.repetition_penalty or 1.0, presence_penalty=body.presence_penalty,
-              frequency_penalty=body.frequency_penalty, logit_bias=bias, seed=body.seed, stop=stop,
-              stop_token_ids=list(body.stop_token_ids or []), ignore_eos=body.ignore_eos, n=body.n,
-              logprobs=logprobs, skip_special_tokens=body.skip_special_tokens)
-    if body.use_beam_search:
-        kw.update(use_beam_search=True, num_beams=max(body.best_of or 0, body.n, 2 if body.best_of else 4),
-                  length_penalty=body.length_penalty, early_stopping=body.early_stopping)
-    elif body.best_of and body.best_of > body.n:
-        kw.update(n=body.best_of, logprobs=max(logprobs or 0, 0))  # ranked by logprob, best n returned
-    return SamplingParams(**kw)
-
-
 async def _collect(run: Run) -> dict[int, dict[int, formats.ChoiceAcc]]:
     out: dict[int, dict[int, formats.ChoiceAcc]] = {}
     async for pi, d in run.events():
@@ -208,13 +186,9 @@ def _prompt_ids(engine, prompt) -> list[list[int]]:
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     served = _served(request, body.model, "generate")
-    if body.suffix:
-        raise InvalidRequest("suffix is not supported", param="suffix")
-    if body.echo and body.logprobs is not None:
-        raise InvalidRequest("echo together with logprobs is not supported", param="echo")
+    params = body.to_sampling_params()
     engine = served.engine
     prompts = _prompt_ids(engine, body.prompt)
-    params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens, body.logprobs)
     for ids in prompts:
         engine.check(ids, params)
     if _state(request).log_content:
@@ -227,10 +201,9 @@ async def completions(body: CompletionRequest, request: Request):
 async def chat_completions(body: ChatRequest, request: Request):
     served = _served(request, body.model, "generate")
     engine = served.engine
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in body.messages]
+    messages = body.message_dicts()
     ids = engine.chat_prompt(messages, add_generation_prompt=body.add_generation_prompt)
-    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    params = _sampling(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
+    params = body.to_sampling_params()
     engine.check(ids, params, param="messages")
     if _state(request).log_content:
         request.state.log["prompt"] = messages
@@ -313,6 +286,15 @@ async def detokenize(body: DetokenizeRequest, request: Request):
         raise InvalidRequest(f"token id {bad} is out of range (vocabulary of {vocab})", param="tokens")
     request.state.log["model"] = served.id
     return {"prompt": served.tokenizer.decode(body.tokens)}
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(request: Request, model: str | None = None):
+    """vLLM's /tokenizer_info: the tokenizer's settings and chat template (what lm-evaluation-harness's
+    `tokenizer_backend=remote` reads before it tokenizes through /tokenize)."""
+    served = _any_served(request, model)
+    request.state.log["model"] = served.id
+    return formats.tokenizer_info(served.tokenizer, served.context_length)
 
 
 def new_id(prefix: str) -> str:
