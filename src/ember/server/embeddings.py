@@ -16,7 +16,8 @@ class ServedEncoder:
         self.max_length = int(getattr(enc, "max_seq_length", 256))
 
     def embed(self, inputs: list):
-        counts = [len(x) if isinstance(x, list) else
+        # Usage counts the tokens the model reads: inputs are truncated to max_length, so is their count.
+        counts = [min(len(x), self.max_length) if isinstance(x, list) else
                   len(self.tokenizer(x, truncation=True, max_length=self.max_length)["input_ids"]) for x in inputs]
         texts = [self.tokenizer.decode(x, skip_special_tokens=True) if isinstance(x, list) else x for x in inputs]
         vecs = self.enc.embed(texts)

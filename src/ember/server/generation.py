@@ -26,7 +26,11 @@ class Run:
                  request_id: str | None = None):
         self.served, self.prompts, self.params, self.metrics, self.record = served, prompts, params, metrics, record
         self.request_id = request_id or uuid.uuid4().hex
-        self.units = len(prompts) * (1 if params.use_beam_search else params.n)
+        # Every sequence the engine runs counts: n choices, or every beam of a beam search.
+        self.units = len(prompts) * (params.num_beams if params.use_beam_search else params.n)
+        self.tenant = None  # the API key id: admission is fair across keys
+        self.queue_timeout: float | None = None
+        self.ticket = None  # server.limits.Ticket: the key's token counters
         self.t_arrival = time.perf_counter()
         self.t_admitted = self.t_first = self.t_last = None
         self.prompt_tokens = self.completion_tokens = self.streamed_tokens = self.cached_tokens = 0
@@ -41,7 +45,11 @@ class Run:
     async def admit(self) -> None:
         """Waits for room (or raises Overloaded at once when the queue is full)."""
         try:
-            await self.served.admission.acquire(self.units)
+            await asyncio.wait_for(self.served.admission.acquire(self.units, self.tenant), self.queue_timeout)
+        except asyncio.TimeoutError:
+            self.metrics.rejected.labels(self.served.id).inc()
+            raise Overloaded(f"waited {self.queue_timeout:g}s in the queue without a free slot (--queue-timeout); "
+                             "retry later", retry_after=self.served.admission.retry_after()) from None
         except Overloaded:
             self.metrics.rejected.labels(self.served.id).inc()
             raise
@@ -100,6 +108,8 @@ class Run:
         now = time.perf_counter()
         if d.token_ids:
             self.streamed_tokens += len(d.token_ids)
+            if self.ticket is not None:
+                self.ticket.tokens(len(d.token_ids))
             if self.t_first is None:
                 self.t_first = now
                 self.metrics.ttft.labels(self.served.id).observe(now - self.t_arrival)
@@ -144,6 +154,8 @@ class Run:
         if self.aborted:  # no usage arrived: count what was generated before the abort
             self.completion_tokens = max(self.completion_tokens, self.streamed_tokens)
             self.prompt_tokens = self.prompt_tokens or sum(len(p) for p in self.prompts)
+        if self.ticket is not None:
+            self.ticket.close(self.prompt_tokens, self.completion_tokens)
         m.prompt_tokens.labels(name).inc(self.prompt_tokens)
         m.cached_tokens.labels(name).inc(self.cached_tokens)
         m.generation_tokens.labels(name).inc(self.completion_tokens)

@@ -53,6 +53,8 @@ class SamplingFields(_Body):
     stop_token_ids: list[StrictInt] | None = None
     ignore_eos: StrictBool = False
     skip_special_tokens: StrictBool = True
+    # vLLM's: prefix-cache reuse only between requests of the same key that give the same salt
+    cache_salt: Annotated[str, Field(max_length=256)] | None = None
 
     @model_validator(mode="after")
     def _check(self):
