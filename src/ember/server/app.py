@@ -114,6 +114,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     errors.install(app)
     # Added innermost first: RequestLog wraps everything, so even a 413 is logged and counted; the guard
     # (Host, Origin, JSON bodies, a bearer token before the body is read) runs before CORS and the body.
+    app.add_middleware(limits_mod.MessageCount, max_messages=config.limits.max_messages)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
     if config.allowed_origins:
         from starlette.middleware.cors import CORSMiddleware

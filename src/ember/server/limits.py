@@ -13,6 +13,7 @@ per server process. A `Ticket` counts a request's tokens as they are produced (s
 """
 
 import asyncio
+import json
 import math
 import threading
 import time
@@ -282,3 +283,56 @@ async def admit(request, served) -> Ticket:
         raise
     request.state.ratelimit_headers = headers
     return Ticket(key.id if key else usage.NO_KEY, served.id, st.settings, parallel)
+
+
+# ----- before the body is parsed -----
+class MessageCount:
+    """Pure ASGI: a large JSON body whose message count exceeds --max-messages is refused before it is parsed.
+
+    Parsing and validating 100,000 small JSON objects holds the GIL for seconds (a worker thread would not
+    help), so the count is taken on the raw bytes: every message has exactly one `"role"` key, and a quote
+    inside a JSON string is always escaped, so `body.count(b'"role"')` is at least the number of messages."""
+
+    THRESHOLD = 64 * 1024  # smaller bodies cannot hold enough messages to matter
+
+    def __init__(self, app, max_messages: int):
+        self.app, self.max_messages = app, max_messages
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) < self.THRESHOLD:
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return  # the client went away
+            chunks.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        body = b"".join(chunks)
+        roles = body.count(b'"role"')
+        if roles > self.max_messages:
+            from ember.server.errors import error_body
+
+            scope.setdefault("state", {}).setdefault("log", {})["error"] = "too many messages"
+            data = json.dumps(error_body(f"the request has {roles} messages; this server takes at most "
+                                         f"{self.max_messages} (--max-messages)", "invalid_request_error",
+                                         "messages")).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(data)).encode())]})
+            await send({"type": "http.response.body", "body": data})
+            return
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
