@@ -75,10 +75,10 @@ def test_no_server_errors_no_hangs(fuzz_target):
                 try:
                     r = case.call(base_url=srv.url, headers=headers, timeout=30)
                 except Exception as e:  # noqa: BLE001 - a timeout or a dropped connection is a finding too
-                    failures.append(f"{op.label} [{mode.value}]: {type(e).__name__}: {e}\n{_curl(case)}")
+                    failures.append(f"{op.label} [{mode.value}]: {type(e).__name__}: {e}\n{_curl(case)}")  # noqa: B023
                     return
                 if r.status_code >= 500:
-                    failures.append(f"{op.label} [{mode.value}]: {r.status_code} {r.text[:200]}\n{_curl(case)}")
+                    failures.append(f"{op.label} [{mode.value}]: {r.status_code} {r.text[:200]}\n{_curl(case)}")  # noqa: B023
 
             try:
                 check()

@@ -1,6 +1,6 @@
 """/v1/embeddings over the engine's encoder (`ember.engine.embed.Encoder`: mean pooling + L2 normalisation).
 
-    curl localhost:8000/v1/embeddings -d '{"model": "minilm-l6-v2", "input": ["a", "b"]}'
+    curl localhost:8000/v1/embeddings --json '{"model": "minilm-l6-v2", "input": ["a", "b"]}'
 
 `embed(texts_or_ids) -> (vectors, token_counts)` is what the server calls, from a worker thread.
 """

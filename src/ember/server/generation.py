@@ -1,7 +1,7 @@
 """One generation request as the server runs it: admission, the engine requests behind it (one per prompt),
 the merged stream of their deltas, abort on disconnect, and the metrics and log fields of the request.
 
-    curl -N localhost:8000/v1/completions -d '{"prompt": ["a", "b"], "n": 2, "stream": true}'
+    curl -N localhost:8000/v1/completions --json '{"prompt": ["a", "b"], "n": 2, "stream": true}'
 
 `Run.events()` yields `(prompt_index, Delta)` in arrival order; Delta.index is the choice within its prompt.
 Requests go to the engine with `add_request` rather than `stream` so that a bad request fails before any

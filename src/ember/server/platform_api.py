@@ -3,10 +3,10 @@
     curl -H "Authorization: Bearer $ADMIN_KEY" localhost:8000/api/models/smollm2-135m-instruct
     curl -H "Authorization: Bearer $ADMIN_KEY" 'localhost:8000/api/evals?ref=smollm2-135m-instruct'
     curl -H "Authorization: Bearer $ADMIN_KEY" -X POST localhost:8000/api/evals \\
-         -d '{"ref": "smollm2-135m-instruct", "task": "builtin:generate", "limit": 4}'
+         --json '{"ref": "smollm2-135m-instruct", "task": "builtin:generate", "limit": 4}'
     curl -H "Authorization: Bearer $ADMIN_KEY" -X POST \\
          localhost:8000/api/models/my-model/aliases/production/promote \\
-         -d '{"version": 2, "gates": ["bleu>=current", "perplexity<=current*1.02"]}'
+         --json '{"version": 2, "gates": ["bleu>=current", "perplexity<=current*1.02"]}'
 
 Included by ember.server.app when present. Handlers are plain `def` (FastAPI runs them in its thread pool) so
 database work and evaluations never block the event loop. Everything reads and writes the registry database,

@@ -1,6 +1,6 @@
 """Request bodies of the OpenAI-compatible API (pydantic), with vLLM's extra sampling fields.
 
-    curl localhost:8000/v1/chat/completions -d '{"model": "smollm2-135m-instruct",
+    curl localhost:8000/v1/chat/completions --json '{"model": "smollm2-135m-instruct",
          "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16, "top_k": 20}'
 
 Ranges are checked here so a bad value is a 400 naming its parameter; strict types stop "10" passing as 10
