@@ -43,6 +43,8 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
                                                 help="Waiting requests per API key (default: max-queue/4)."),
           queue_timeout: float = typer.Option(120.0, "--queue-timeout", min=0.1,
                                               help="Seconds a request may wait for a slot; then 429."),
+          request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.1,
+                                                help="Seconds a generation request may take in all; then 504."),
           max_connections: int = typer.Option(1024, "--max-connections", min=1,
                                               help="Open connections and requests at once; beyond it 503."),
           keep_alive_timeout: float = typer.Option(5.0, "--keep-alive-timeout", min=0.1,
@@ -82,6 +84,6 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
                       keep_alive_timeout=keep_alive_timeout, header_timeout=header_timeout, body_timeout=body_timeout,
                       limits=RequestLimits(max_best_of=max_best_of, max_prompt_chars=max_prompt_chars,
                                            max_messages=max_messages, default_max_tokens=default_max_tokens,
-                                           queue_timeout=queue_timeout),
+                                           queue_timeout=queue_timeout, request_timeout=request_timeout),
                       ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     return run(cfg)

@@ -18,6 +18,7 @@ import uuid
 from ember.engine.sampling import SamplingParams
 from ember.engine.scheduler import Delta
 from ember.errors import Overloaded
+from ember.server.errors import RequestTimeout
 from ember.server.pool import ServedModel
 
 
@@ -30,6 +31,7 @@ class Run:
         self.units = len(prompts) * (params.num_beams if params.use_beam_search else params.n)
         self.tenant = None  # the API key id: admission is fair across keys
         self.queue_timeout: float | None = None
+        self.deadline: float | None = None  # perf_counter time past which the request is ended (504)
         self.ticket = None  # server.limits.Ticket: the key's token counters
         self.t_arrival = time.perf_counter()
         self.t_admitted = self.t_first = self.t_last = None
@@ -85,7 +87,15 @@ class Run:
         q = self._q
         try:
             while self._pending:
-                kind, pi, rid, item = await q.get()
+                if self.deadline is None:
+                    kind, pi, rid, item = await q.get()
+                else:
+                    try:
+                        left = max(0.0, self.deadline - time.perf_counter())
+                        kind, pi, rid, item = await asyncio.wait_for(q.get(), left)
+                    except asyncio.TimeoutError:
+                        raise RequestTimeout("the request ran longer than the server's --request-timeout",
+                                             code="request_timeout") from None
                 if kind == "beam":
                     self._pending.discard(rid)
                     comp = item.result()  # re-raises an error of the beam search itself

@@ -37,6 +37,7 @@ class RequestLimits:
     max_messages: int = 1024
     default_max_tokens: int = 1024
     queue_timeout: float = 120.0
+    request_timeout: float = 600.0  # from arrival to the last token; then 504 (or an error event in a stream)
 
 
 # ----- request shape, before tokenizing -----
@@ -225,6 +226,7 @@ class Ticket:
     model: str
     settings: object
     parallel: Parallel | None = None
+    live: bool = False  # write tokens while streaming (keys with tpm or a budget); else once at the end
     prompt_done: int = 0
     completion_done: int = 0
     pending: int = 0
@@ -234,7 +236,7 @@ class Ticket:
     def tokens(self, n: int) -> None:
         """Completion tokens just produced (called on the event loop)."""
         self.pending += n
-        if self.pending >= FLUSH_TOKENS or time.monotonic() - self.last_flush >= FLUSH_S:
+        if self.live and (self.pending >= FLUSH_TOKENS or time.monotonic() - self.last_flush >= FLUSH_S):
             n, self.pending = self.pending, 0
             self.completion_done += n
             self.last_flush = time.monotonic()
@@ -282,7 +284,8 @@ async def admit(request, served) -> Ticket:
             parallel.give(key.id)
         raise
     request.state.ratelimit_headers = headers
-    return Ticket(key.id if key else usage.NO_KEY, served.id, st.settings, parallel)
+    live = key is not None and bool(key.tpm or key.budget_tokens)
+    return Ticket(key.id if key else usage.NO_KEY, served.id, st.settings, parallel, live)
 
 
 # ----- before the body is parsed -----

@@ -125,6 +125,7 @@ async def _run_generation(request: Request, served, prompts, params, body, fmt: 
         run.ticket = await limits.admit(request, served)  # the key's rpm/tpm/parallel/budget
         key = getattr(request.state, "key", None)
         run.tenant, run.queue_timeout = (key.id if key else None), st.limits.queue_timeout
+        run.deadline = run.t_arrival + st.limits.request_timeout
         if not await _unless_disconnected(request, run.admit()):
             return _client_gone(run)
         if not body.stream:
