@@ -34,8 +34,9 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
           allowed_origins: str = typer.Option(None, "--allowed-origins", help="Comma-separated browser origins "
                                               "allowed cross-origin (CORS). Default: none."),
           max_best_of: int = typer.Option(8, "--max-best-of", min=1, help="Largest n, best_of and beam width."),
-          max_prompt_chars: int = typer.Option(65536, "--max-prompt-chars", min=1,
-                                               help="Largest prompt (all messages) in characters."),
+          max_prompt_chars: int = typer.Option(0, "--max-prompt-chars", min=0,
+                                               help="Largest prompt (all messages) in characters "
+                                                    "(0: 65536 or 32 per token of --max-seq-len, the larger)."),
           max_messages: int = typer.Option(1024, "--max-messages", min=1, help="Most messages in one chat."),
           default_max_tokens: int = typer.Option(1024, "--default-max-tokens", min=1,
                                                  help="max_tokens of a chat request that sets none."),
@@ -82,7 +83,8 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
                       allowed_hosts=split(allowed_hosts) or None, allowed_origins=split(allowed_origins),
                       max_queue_per_key=max_queue_per_key, max_connections=max_connections,
                       keep_alive_timeout=keep_alive_timeout, header_timeout=header_timeout, body_timeout=body_timeout,
-                      limits=RequestLimits(max_best_of=max_best_of, max_prompt_chars=max_prompt_chars,
+                      limits=RequestLimits(max_best_of=max_best_of,
+                                           max_prompt_chars=max_prompt_chars or max(65536, 32 * max_seq_len),
                                            max_messages=max_messages, default_max_tokens=default_max_tokens,
                                            queue_timeout=queue_timeout, request_timeout=request_timeout),
                       ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)

@@ -58,12 +58,14 @@ def _surrogate_free(value, param: str) -> None:
             _surrogate_free(v, param)
 
 
-def check_text(body, lim: RequestLimits, prompt_field: str = "prompt") -> None:
-    """Characters and valid Unicode of every text field of a request body."""
+def check_text(body, lim: RequestLimits, prompt_field: str = "prompt", per_item: bool = False) -> None:
+    """Characters and valid Unicode of every text field of a request body. per_item: the character limit
+    applies to each input of a list (embeddings, where each input is truncated to the model's length)."""
     for name, value in body:
         _surrogate_free(value, prompt_field if name in ("prompt", "input") else name)
     text = getattr(body, prompt_field, None)
-    chars = len(text) if isinstance(text, str) else sum(len(t) for t in text or [] if isinstance(t, str))
+    sizes = [len(text)] if isinstance(text, str) else [len(t) for t in text or [] if isinstance(t, str)]
+    chars = max(sizes, default=0) if per_item else sum(sizes)
     if chars > lim.max_prompt_chars:
         raise InvalidRequest(f"{prompt_field} has {chars} characters; this server takes at most "
                              f"{lim.max_prompt_chars} (--max-prompt-chars)", param=prompt_field)

@@ -258,7 +258,7 @@ async def chat_completions(body: ChatRequest, request: Request):
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
     served = _served(request, body.model, "embed")
-    limits.check_text(body, _state(request).limits, "input")
+    limits.check_text(body, _state(request).limits, "input", per_item=True)
     inputs = [body.input] if isinstance(body.input, str) or (body.input and isinstance(body.input[0], int)) \
         else list(body.input)
     if any(isinstance(x, str) and not x for x in inputs):
