@@ -112,7 +112,8 @@ def test_platform_api_survives_restart(tiny_model):
     _, admin = keys.create("admin", "admin")
     _, user = keys.create("user", "inference")
     for _restart in range(2):  # a new app over the same home sees the same runs
-        client = TestClient(create_app(ServeConfig(models=["tiny"])))  # no lifespan: nothing is loaded
+        # no lifespan: nothing is loaded; Host localhost: the server only answers loopback names by default
+        client = TestClient(create_app(ServeConfig(models=["tiny"])), base_url="http://localhost")
         h = {"Authorization": f"Bearer {admin}"}
         assert client.get("/api/evals", params={"ref": "tiny:1"}).status_code == 401
         assert client.get("/api/evals", params={"ref": "tiny:1"},

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ember.engine import beam, compute
+from ember.engine.chat_render import render_ids
 from ember.engine.detok import Detokenizer
 from ember.models.attention import make_batch
 from ember.engine.sampling import SamplingParams, sample, seeded_generator, token_logprobs
@@ -107,12 +108,8 @@ class Engine:
         Jinja environment) and returns token ids; the template already holds any special tokens."""
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequest("this model has no chat template; use a plain completion instead")
-        try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt)
-        except Exception as e:  # noqa: BLE001 - template errors (raise_exception, bad roles) are user input errors
-            raise InvalidRequest(f"cannot render the chat template: {e}", param="messages") from None
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # Message text is never tokenized as control tokens (engine/chat_render.py).
+        return render_ids(self.tokenizer, messages, add_generation_prompt)
 
     # ----- requests -----
     def check(self, ids: list[int], p: SamplingParams, param: str = "prompt") -> int:

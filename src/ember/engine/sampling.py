@@ -42,6 +42,8 @@ class SamplingParams:
     length_penalty: float = 1.0
     early_stopping: bool | str = False  # True, False or "never", as in transformers
     skip_special_tokens: bool = True
+    # Prefix-cache reuse only between requests with equal salts (the server sets key id + cache_salt).
+    cache_salt: str | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -102,7 +104,7 @@ def seeded_generator(seed: int | None, index: int = 0) -> torch.Generator:
         g.seed()
     else:
         # Choice i of a request with n > 1 gets its own stream, still fully determined by the seed.
-        g.manual_seed(seed * 1000003 + index)
+        g.manual_seed((seed * 1000003 + index) % 2**64)  # any int64 seed stays in range
     return g
 
 

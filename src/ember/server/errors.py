@@ -28,6 +28,14 @@ class NotReady(EmberError):
     type = "service_unavailable"
 
 
+class RequestTimeout(EmberError):
+    """A request ran past --request-timeout; what it generated so far is discarded (or ends the stream)."""
+
+    exit_code = 1
+    status = 504
+    type = "timeout"
+
+
 def error_body(message: str, type_: str, param: str | None = None, code=None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 

@@ -18,10 +18,11 @@ import time
 import uuid
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from ember.errors import EmberError, InvalidRequest
-from ember.server import formats
+from ember.server import formats, limits
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady, error_body
 from ember.server.generation import Run
@@ -61,13 +62,16 @@ def _served(request: Request, name: str | None, kind: str):
     served = st.pool.get(name, kind) if st.pool.models else None
     if served is None or not served.loaded:
         raise NotReady("models are still loading; see /ready")
+    limits.check_model(request, served)  # a key limited to other models gets 404
     return served
 
 
 # ----- models -----
 @router.get("/v1/models")
 async def list_models(request: Request):
-    return {"object": "list", "data": [formats.model_card(m) for m in _state(request).pool.all()]}
+    key = getattr(request.state, "key", None)
+    return {"object": "list", "data": [formats.model_card(m) for m in _state(request).pool.all()
+                                       if key is None or limits.allowed(key, m)]}
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -75,7 +79,9 @@ async def get_model(model_id: str, request: Request):
     pool = _state(request).pool
     for kind in ("generate", "embed"):
         try:
-            return formats.model_card(pool.get(model_id, kind))
+            served = pool.get(model_id, kind)
+            limits.check_model(request, served)
+            return formats.model_card(served)
         except InvalidRequest:  # served, but of the other kind
             continue
     raise AssertionError("unreachable")
@@ -94,6 +100,10 @@ async def _run_generation(request: Request, served, prompts, params, body, fmt: 
     record = request.state.log
     run = Run(served, prompts, params, st.metrics, record, request_id=request.state.request_id)
     try:
+        run.ticket = await limits.admit(request, served)  # the key's rpm/tpm/parallel/budget
+        key = getattr(request.state, "key", None)
+        run.tenant, run.queue_timeout = (key.id if key else None), st.limits.queue_timeout
+        run.deadline = run.t_arrival + st.limits.request_timeout
         if not await _unless_disconnected(request, run.admit()):
             return _client_gone(run)
         if not body.stream:
@@ -186,9 +196,12 @@ def _prompt_ids(engine, prompt) -> list[list[int]]:
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     served = _served(request, body.model, "generate")
+    lim = _state(request).limits
+    limits.check_text(body, lim)  # sizes, ranges and valid text before any tokenizing
     params = body.to_sampling_params()
     engine = served.engine
-    prompts = _prompt_ids(engine, body.prompt)
+    prompts = await run_in_threadpool(_prompt_ids, engine, body.prompt)  # off the event loop
+    limits.check_params(params, served, prompts, lim, getattr(request.state, "key", None), body.cache_salt)
     for ids in prompts:
         engine.check(ids, params)
     if _state(request).log_content:
@@ -200,10 +213,13 @@ async def completions(body: CompletionRequest, request: Request):
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     served = _served(request, body.model, "generate")
+    lim = _state(request).limits
+    limits.check_chat(body, lim)  # message count, characters, valid text: before the template is rendered
     engine = served.engine
     messages = body.message_dicts()
-    ids = engine.chat_prompt(messages, add_generation_prompt=body.add_generation_prompt)
+    ids = await run_in_threadpool(engine.chat_prompt, messages, add_generation_prompt=body.add_generation_prompt)
     params = body.to_sampling_params()
+    limits.check_params(params, served, [ids], lim, getattr(request.state, "key", None), body.cache_salt)
     engine.check(ids, params, param="messages")
     if _state(request).log_content:
         request.state.log["prompt"] = messages
@@ -215,6 +231,7 @@ async def chat_completions(body: ChatRequest, request: Request):
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
     served = _served(request, body.model, "embed")
+    limits.check_text(body, _state(request).limits, "input", per_item=True)
     inputs = [body.input] if isinstance(body.input, str) or (body.input and isinstance(body.input[0], int)) \
         else list(body.input)
     if any(isinstance(x, str) and not x for x in inputs):
@@ -223,8 +240,14 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     if any(isinstance(x, list) and any(not 0 <= t < vocab for t in x) for x in inputs):
         raise InvalidRequest("input token id out of range", param="input")
     t0 = time.perf_counter()
-    async with served.admission.slot():
-        vecs, counts = await asyncio.get_running_loop().run_in_executor(None, _embed_locked, served, inputs)
+    ticket = await limits.admit(request, served)
+    key = getattr(request.state, "key", None)
+    counts = []
+    try:
+        async with served.admission.slot(tenant=key.id if key else None):
+            vecs, counts = await asyncio.get_running_loop().run_in_executor(None, _embed_locked, served, inputs)
+    finally:
+        ticket.close(sum(counts), 0)
     dim = len(vecs[0]) if vecs else 0
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidRequest(f"this model's embeddings have {dim} dimensions; it cannot shorten them",
@@ -265,13 +288,17 @@ def _any_served(request: Request, name: str | None):
 async def tokenize(body: TokenizeRequest, request: Request):
     served = _any_served(request, body.model)
     tok = served.tokenizer
+    lim = _state(request).limits
     if body.messages is not None:
+        limits.check_chat(body, lim)
         if served.engine is None:
             raise InvalidRequest("this model has no chat template", param="messages")
-        ids = served.engine.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages],
-                                        add_generation_prompt=body.add_generation_prompt)
+        ids = await run_in_threadpool(served.engine.chat_prompt,
+                                      [{"role": m.role, "content": m.text()} for m in body.messages],
+                                      add_generation_prompt=body.add_generation_prompt)
     else:
-        ids = tok(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
+        limits.check_text(body, lim)
+        ids = (await run_in_threadpool(tok, body.prompt, add_special_tokens=body.add_special_tokens))["input_ids"]
     request.state.log["model"] = served.id
     return {"tokens": list(ids), "count": len(ids), "max_model_len": served.context_length,
             "token_strs": tok.convert_ids_to_tokens(list(ids))}

@@ -75,10 +75,11 @@ def resolve_or_pull(ref: str, settings):
 
 class Pool:
     def __init__(self, refs: list[str], settings, *, max_slots: int, max_queue: int, max_seq_len: int,
-                 quantize: str | None = None):
+                 quantize: str | None = None, max_queue_per_key: int | None = None):
         self.refs = list(dict.fromkeys(refs or DEFAULT_MODELS))
         self.settings = settings
         self.max_slots, self.max_queue, self.max_seq_len, self.quantize = max_slots, max_queue, max_seq_len, quantize
+        self.max_queue_per_key = max_queue_per_key
         self.models: dict[str, ServedModel] = {}
         self._alias_cache: dict[str, tuple[float, str | None]] = {}
 
@@ -96,7 +97,8 @@ class Pool:
             info = resolve_or_pull(ref, self.settings)
             kind = model_kind(info.metadata)
             served = ServedModel(ref, info.ref, kind, info.metadata, int(info.created_at.timestamp()),
-                                 Admission(self.max_slots if kind == "generate" else 4, self.max_queue))
+                                 Admission(self.max_slots if kind == "generate" else 4, self.max_queue,
+                                           self.max_queue_per_key))
             if kind == "generate":
                 from ember.engine.engine import Engine
 

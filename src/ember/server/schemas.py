@@ -1,6 +1,6 @@
 """Request bodies of the OpenAI-compatible API (pydantic), with vLLM's extra sampling fields.
 
-    curl localhost:8000/v1/chat/completions -d '{"model": "smollm2-135m-instruct",
+    curl localhost:8000/v1/chat/completions --json '{"model": "smollm2-135m-instruct",
          "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16, "top_k": 20}'
 
 Ranges are checked here so a bad value is a 400 naming its parameter; strict types stop "10" passing as 10
@@ -75,6 +75,8 @@ class SamplingFields(_Body):
     ignore_eos: StrictBool = False
     skip_special_tokens: StrictBool = True
     prompt_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # vLLM: logprobs of the prompt's tokens
+    # vLLM's: prefix-cache reuse only between requests of the same key that give the same salt
+    cache_salt: Annotated[str, Field(max_length=256)] | None = None
 
     @model_validator(mode="after")
     def _check(self):
