@@ -18,7 +18,7 @@ import uuid
 
 import torch
 
-from ember.engine import beam, compute
+from ember.engine import beam, compute, structured
 from ember.engine.detok import Detokenizer
 from ember.engine.kv_cache import make_batch
 from ember.engine.sampling import SamplingParams, sample, seeded_generator, token_logprobs
@@ -48,6 +48,8 @@ class Engine:
         self._start_lock = threading.Lock()
         self.steps = 0
         self.generated_tokens = 0
+        self._structured: structured.Structured | None = None
+        self._grammars: dict = {}  # compiled constraint templates, most recent last
 
     @classmethod
     def load(cls, ref_or_path, settings=None, *, max_slots: int = 32, max_seq_len: int = 2048,
@@ -107,6 +109,25 @@ class Engine:
             raise InvalidRequest(f"cannot render the chat template: {e}", param="messages") from None
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    # ----- constrained decoding (engine/structured.py) -----
+    def compile_constraint(self, c: "structured.Constraint"):
+        """Compiles (or finds compiled) a constraint, within structured.COMPILE_SECONDS; raises InvalidRequest
+        naming the problem. Blocking: the server calls it from a worker thread before add_request."""
+        key = (c.kind, repr(c.value) if not isinstance(c.value, (dict, list)) else _json_key(c.value))
+        hit = self._grammars.get(key)
+        if hit is not None:
+            return hit
+        if self.tokenizer is None:
+            raise InvalidRequest("structured output needs a model with a tokenizer", param=c.param)
+        with self._start_lock:
+            if self._structured is None:
+                self._structured = structured.Structured(self.tokenizer, self.eos_ids, self.model.vocab_size)
+        m = structured.compile_with_deadline(self._structured, c)
+        self._grammars[key] = m
+        while len(self._grammars) > 128:
+            self._grammars.pop(next(iter(self._grammars)))
+        return m
+
     # ----- requests -----
     def check(self, ids: list[int], p: SamplingParams, param: str = "prompt") -> int:
         """Validates a request before it is queued (the server calls it before sending any header);
@@ -130,6 +151,7 @@ class Engine:
             raise InvalidRequest("beam search runs through generate() or stream(), not add_request")
         ids = self.encode(prompt)
         max_tokens = self.check(ids, params)
+        grammar = self.compile_constraint(params.constraint) if params.constraint is not None else None
         if self.num_waiting + len(self._requests) >= self.max_waiting:
             raise Overloaded("the engine's queue is full", retry_after=1)
         rid = request_id or uuid.uuid4().hex
@@ -141,6 +163,8 @@ class Engine:
                                      Detokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens),
                                      max_tokens, logprobs=[] if params.logprobs is not None else None,
                                      parent=req.seqs[0] if i else None))
+            if grammar is not None:
+                req.seqs[-1].matcher = structured.new_matcher(grammar)
         req.stop_ids = stop_ids
         self._ensure_thread()
         self._inbox.put(("add", req))
@@ -310,6 +334,9 @@ class Engine:
         lp_rows = [i for i, s in enumerate(rows) if s.logprobs is not None]
         raw = logits[lp_rows].clone() if lp_rows else None
         params = [s.params for s in rows]
+        con = [i for i, s in enumerate(rows) if s.matcher is not None]
+        if con:  # rows without a constraint pay nothing
+            self._structured.apply_masks(logits, con, [rows[i].matcher for i in con])
         toks = sample(logits, params, [s.generator for s in rows], [s.prompt_ids for s in rows],
                       [s.output_ids for s in rows])
         lps = {}
@@ -327,6 +354,13 @@ class Engine:
         if lp is not None:
             s.logprobs.append(lp)
         lps = [lp] if lp is not None else None
+        if s.matcher is not None:
+            state = structured.advance(s.matcher, t)
+            if state == "error":  # the grammar engine gave up (fuel exhausted): the output is incomplete
+                log.warning("constraint of request %s failed: %s", s.request.request_id, s.matcher.get_error())
+                return self._finish(s, "length", [t], lps, s.detok.add(t) if t not in s.request.stop_ids else "")
+            if state == "stop" and t not in s.request.stop_ids:  # complete: nothing more may follow
+                return self._finish(s, "stop", [t], lps, s.detok.add(t))
         if t in s.request.stop_ids:
             return self._finish(s, "stop", [t], lps)
         text = s.detok.add(t)
@@ -374,3 +408,9 @@ class _Collector:
 
     def completion(self, last: Delta) -> Completion:
         return Completion(last.request_id, self.prompt_ids, [self.choices[i] for i in sorted(self.choices)], last.usage)
+
+
+def _json_key(v) -> str:
+    import json
+
+    return json.dumps(v, sort_keys=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ember.engine.structured import Constraint
 from ember.errors import InvalidRequest
 
 
@@ -39,6 +40,8 @@ class SamplingParams:
     length_penalty: float = 1.0
     early_stopping: bool | str = False  # True, False or "never", as in transformers
     skip_special_tokens: bool = True
+    # Constrained decoding (engine/structured.py): JSON schema, JSON object, regex, choice or grammar.
+    constraint: "Constraint | None" = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -77,6 +80,9 @@ class SamplingParams:
             bad("logprobs", "must be in [0, 20]")
         if self.use_beam_search and self.n > self.num_beams:
             bad("n", "must not exceed num_beams")
+        if self.use_beam_search and self.constraint is not None:
+            raise InvalidRequest("beam search cannot be combined with structured output (response_format, "
+                                 "guided_*, tools)", param="use_beam_search")
 
     @property
     def greedy(self) -> bool:

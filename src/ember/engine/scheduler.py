@@ -93,6 +93,7 @@ class Sequence:
     finish_reason: str | None = None
     parent: "Sequence | None" = None  # choice 0 of the same request (n > 1): its prompt cache is copied, not recomputed
     cached_tokens: int = 0  # prompt positions found already in the slot it was given (prefix reuse)
+    matcher: object = None  # llguidance matcher of a constrained sequence (engine/structured.py)
 
     @property
     def prefilled(self) -> bool:

@@ -1,0 +1,203 @@
+"""Constrained decoding: JSON Schema, JSON object, regex, choice lists and Lark/GBNF grammars, through llguidance.
+
+    engine.generate(["Answer yes or no:"], SamplingParams(max_tokens=4, constraint=Constraint("choice", ["yes", "no"])))
+    curl localhost:8000/v1/chat/completions -d '{"messages": [...], "response_format": {"type": "json_object"}}'
+
+A `Constraint` (kind + value) travels on SamplingParams. `compile_constraint` turns it into a compiled
+llguidance matcher once per request (bounded size, bounded fuel, and a wall-clock bound enforced by the
+caller, see `compile_with_deadline`), before the request is queued: a bad or pathological grammar is an
+InvalidRequest naming the problem and never reaches the step loop. Each sequence then owns a copy of the
+matcher; every step `apply_masks` writes the allowed-token bitmask of the constrained rows into their logits
+(rows without a constraint are untouched), and `advance` feeds the sampled token back. EOS tokens are in the
+mask only where the grammar accepts, so a constrained output ends only when it is complete.
+"""
+
+import concurrent.futures
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ember.errors import InvalidRequest
+
+KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
+MAX_SPEC_CHARS = 64_000  # schema / regex / grammar text
+MAX_SCHEMA_DEPTH = 32  # nesting of a JSON schema document
+MAX_CHOICES = 1024
+COMPILE_SECONDS = 0.8  # wall-clock bound on compiling one constraint (the 400 comes well within 1 s)
+# Fuel and size limits (llguidance counts work, not time): a catastrophic regex or an exploding grammar
+# fails with an error instead of running long, at compile time and at every mask computation.
+_LIMITS = dict(max_items_in_row=2000, initial_lexer_fuel=1_000_000, step_lexer_fuel=200_000,
+               step_max_items=50_000, max_lexer_states=50_000, max_grammar_size=200_000, verbose_errors=False)
+# JSON without free-form whitespace: a small model otherwise pads forever with newlines and spaces.
+_JSON_OPTIONS = {"whitespace_flexible": False}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """kind: one of KINDS. value: a JSON schema (dict) for json_schema, None for json_object, the pattern for
+    regex, a list of strings for choice, Lark or GBNF text for grammar (a raw llguidance grammar for internal
+    uses such as forced tool calls: kind "grammar" with a text starting with "%llguidance")."""
+
+    kind: str
+    value: Any = None
+    param: str = "response_format"  # the request field that carried it, for error messages
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise InvalidRequest(f"unknown constraint kind {self.kind!r}", param=self.param)
+
+    def __hash__(self):
+        return hash((self.kind, json.dumps(self.value, sort_keys=True)))
+
+
+def _depth(x, d: int = 0) -> int:
+    if d > MAX_SCHEMA_DEPTH:
+        return d
+    if isinstance(x, dict):
+        return max([_depth(v, d + 1) for v in x.values()], default=d)
+    if isinstance(x, list):
+        return max([_depth(v, d + 1) for v in x], default=d)
+    return d
+
+
+def grammar_text(c: Constraint) -> str:
+    """The llguidance grammar for a constraint; refuses oversized or too deeply nested specifications."""
+    import llguidance
+
+    def too_big(what):
+        raise InvalidRequest(f"the {what} is too large (more than {MAX_SPEC_CHARS} characters)", param=c.param)
+
+    if c.kind == "json_object":
+        return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, overrides=_JSON_OPTIONS)
+    if c.kind == "json_schema":
+        schema = c.value
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except ValueError:
+                raise InvalidRequest("the JSON schema is not valid JSON", param=c.param) from None
+        if not isinstance(schema, (dict, bool)):
+            raise InvalidRequest("the JSON schema must be an object", param=c.param)
+        if len(json.dumps(schema)) > MAX_SPEC_CHARS:
+            too_big("JSON schema")
+        if _depth(schema) > MAX_SCHEMA_DEPTH:
+            raise InvalidRequest(f"the JSON schema is nested more than {MAX_SCHEMA_DEPTH} levels deep", param=c.param)
+        if schema is True or schema == {}:
+            schema = {"type": "object"}  # OpenAI's json_schema without a schema means "a JSON object"
+        try:
+            return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_OPTIONS)
+        except (ValueError, TypeError) as e:
+            raise InvalidRequest(f"invalid JSON schema: {e}", param=c.param) from None
+    if c.kind == "regex":
+        if not isinstance(c.value, str) or not c.value:
+            raise InvalidRequest("the regex must be a non-empty string", param=c.param)
+        if len(c.value) > MAX_SPEC_CHARS:
+            too_big("regex")
+        return llguidance.LLMatcher.grammar_from_regex(c.value)
+    if c.kind == "choice":
+        choices = c.value
+        if (not isinstance(choices, list) or not choices or len(choices) > MAX_CHOICES
+                or not all(isinstance(x, str) and x for x in choices)):
+            raise InvalidRequest(f"the choices must be a list of 1 to {MAX_CHOICES} non-empty strings", param=c.param)
+        if sum(map(len, choices)) > MAX_SPEC_CHARS:
+            too_big("choice list")
+        return llguidance.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(x) for x in choices))
+    # grammar: Lark (llguidance's dialect) or GBNF (llama.cpp's EBNF, recognised by its "::=")
+    text = c.value
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidRequest("the grammar must be a non-empty string", param=c.param)
+    if len(text) > MAX_SPEC_CHARS:
+        too_big("grammar")
+    if "::=" in text:
+        from llguidance.gbnf_to_lark import gbnf_to_lark
+
+        try:
+            text = gbnf_to_lark(text)
+        except Exception as e:  # noqa: BLE001 - the converter raises plain exceptions on bad input
+            raise InvalidRequest(f"invalid GBNF grammar: {e}", param=c.param) from None
+    return llguidance.LLMatcher.grammar_from_lark(text)
+
+
+class Structured:
+    """One model's grammar compiler: the llguidance tokenizer (built once, ~1 s) and compiled matchers."""
+
+    def __init__(self, hf_tokenizer, eos_ids: list[int], vocab_size: int):
+        import llguidance
+        import llguidance.hf
+
+        self.vocab_size = vocab_size
+        self.tokenizer = llguidance.hf.from_tokenizer(hf_tokenizer, n_vocab=max(vocab_size, len(hf_tokenizer)),
+                                                      eos_token=list(eos_ids) or None)
+        self.limits = llguidance.LLParserLimits(**_LIMITS)
+        self.words = (self.tokenizer.vocab_size + 31) // 32
+        self._bits = torch.arange(32, dtype=torch.int32)
+
+    def compile(self, c: Constraint):
+        """Constraint -> a fresh llguidance matcher (one per sequence: `new_matcher` copies it)."""
+        import llguidance
+
+        grammar = grammar_text(c)
+        m = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0, limits=self.limits)
+        if m.is_error():
+            raise InvalidRequest(f"cannot compile the {_what(c)}: {_short(m.get_error())}", param=c.param)
+        return m
+
+    # ----- per step -----
+    def apply_masks(self, logits: torch.Tensor, rows: list[int], matchers: list) -> None:
+        """Sets logits[r, t] = -inf for every token t the matcher of row r does not allow (in place)."""
+        import llguidance.torch as lt
+
+        mask = torch.full((len(rows), self.words), -1, dtype=torch.int32)
+        for i, m in enumerate(matchers):
+            lt.fill_next_token_bitmask(m, mask, i)
+        allowed = ((mask[:, :, None] >> self._bits) & 1).view(len(rows), -1).bool()
+        V = logits.shape[1]
+        if allowed.shape[1] < V:
+            allowed = torch.cat([allowed, allowed.new_zeros(len(rows), V - allowed.shape[1])], dim=1)
+        idx = torch.tensor(rows, dtype=torch.long)
+        logits[idx] = logits[idx].masked_fill(~allowed[:, :V], float("-inf"))
+
+
+def new_matcher(template):
+    return template.deep_copy()
+
+
+def advance(matcher, token: int) -> str | None:
+    """Feeds the sampled token; returns "stop" once the grammar is complete (nothing more may follow),
+    "error" when the matcher refused the token (cannot happen under its own mask), else None."""
+    if not matcher.consume_token(token):
+        return "error"
+    if matcher.is_stopped():
+        return "stop"
+    return None
+
+
+def accepting(matcher) -> bool:
+    return matcher.is_accepting()
+
+
+def _what(c: Constraint) -> str:
+    return {"json_schema": "JSON schema", "json_object": "JSON object format", "regex": "regex",
+            "choice": "choice list", "grammar": "grammar"}[c.kind]
+
+
+def _short(err: str) -> str:
+    err = " ".join(err.split())
+    return err[:300] + ("..." if len(err) > 300 else "")
+
+
+_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ember-grammar")
+
+
+def compile_with_deadline(structured: Structured, c: Constraint, seconds: float = COMPILE_SECONDS):
+    """Compiles on a worker thread (llguidance releases the GIL while it builds), never on the step loop;
+    a compile that takes longer than `seconds` is refused. Its thread finishes on its own, bounded by the
+    fuel limits above."""
+    fut = _pool.submit(structured.compile, c)
+    try:
+        return fut.result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        raise InvalidRequest(f"the {_what(c)} is too complex: compiling it took longer than {seconds:g} s",
+                             param=c.param) from None
