@@ -97,13 +97,14 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
 
-    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> list[int]:
         """Renders messages with the model's own chat template (transformers renders it in a sandboxed
         Jinja environment) and returns token ids; the template already holds any special tokens."""
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequest("this model has no chat template; use a plain completion instead")
         try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, tools=tools,
                                                       add_generation_prompt=add_generation_prompt)
         except Exception as e:  # noqa: BLE001 - template errors (raise_exception, bad roles) are user input errors
             raise InvalidRequest(f"cannot render the chat template: {e}", param="messages") from None

@@ -12,6 +12,7 @@ first chat delta of each choice, `data: [DONE]\\n\\n` last. Response shapes are 
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import struct
 import time
@@ -22,12 +23,13 @@ from starlette.responses import Response, StreamingResponse
 
 from ember.engine.sampling import SamplingParams
 from ember.errors import EmberError, InvalidRequest
-from ember.server import formats
+from ember.server import formats, tools
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady, error_body
 from ember.server.generation import Run
 from ember.server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
                                   TokenizeRequest)
+from ember.server.structured_schemas import constraint_of
 
 router = APIRouter(dependencies=[Depends(require_scope("inference"))])
 
@@ -215,6 +217,7 @@ async def completions(body: CompletionRequest, request: Request):
     engine = served.engine
     prompts = _prompt_ids(engine, body.prompt)
     params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens, body.logprobs)
+    params = await _constrained(engine, params, constraint_of(body))
     for ids in prompts:
         engine.check(ids, params)
     if _state(request).log_content:
@@ -227,15 +230,29 @@ async def completions(body: CompletionRequest, request: Request):
 async def chat_completions(body: ChatRequest, request: Request):
     served = _served(request, body.model, "generate")
     engine = served.engine
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in body.messages]
-    ids = engine.chat_prompt(messages, add_generation_prompt=body.add_generation_prompt)
+    messages = tools.chat_messages(body.messages)
+    tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
+    ids, constraint, names = tools.prepare_chat(
+        engine, messages, [t.model_dump(exclude_none=True) for t in body.tools or []] or None, tool_choice,
+        body.parallel_tool_calls, constraint_of(body), body.add_generation_prompt)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     params = _sampling(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
+    params = await _constrained(engine, params, constraint)
     engine.check(ids, params, param="messages")
     if _state(request).log_content:
         request.state.log["prompt"] = messages
-    fmt = formats.ChatFormat(served, [ids], body)
+    fmt = tools.ToolChatFormat(served, [ids], body, names) if names else formats.ChatFormat(served, [ids], body)
     return await _run_generation(request, served, [ids], params, body, fmt)
+
+
+async def _constrained(engine, params: SamplingParams, constraint) -> SamplingParams:
+    """Attaches a structured-output constraint, compiled now on a worker thread (bounded in time, so a
+    pathological schema is a 400 at once and the event loop and the engine's streams never wait on it)."""
+    if constraint is None:
+        return params
+    params = dataclasses.replace(params, constraint=constraint)  # re-validates (beam search + constraint)
+    await asyncio.get_running_loop().run_in_executor(None, engine.compile_constraint, constraint)
+    return params
 
 
 # ----- embeddings, tokenize, detokenize -----
