@@ -28,8 +28,9 @@ MAX_CHOICES = 1024
 COMPILE_SECONDS = 0.8  # wall-clock bound on compiling one constraint (the 400 comes well within 1 s)
 # Fuel and size limits (llguidance counts work, not time): a catastrophic regex or an exploding grammar
 # fails with an error instead of running long, at compile time and at every mask computation.
-_LIMITS = dict(max_items_in_row=2000, initial_lexer_fuel=1_000_000, step_lexer_fuel=200_000,
-               step_max_items=50_000, max_lexer_states=50_000, max_grammar_size=200_000, verbose_errors=False)
+_LIMITS = {"max_items_in_row": 2000, "initial_lexer_fuel": 1_000_000, "step_lexer_fuel": 200_000,
+           "step_max_items": 50_000, "max_lexer_states": 50_000, "max_grammar_size": 200_000,
+           "verbose_errors": False}
 # JSON without free-form whitespace: a small model otherwise pads forever with newlines and spaces.
 _JSON_OPTIONS = {"whitespace_flexible": False}
 
@@ -87,7 +88,7 @@ def grammar_text(c: Constraint) -> str:
         if schema is True or schema == {}:
             schema = {"type": "object"}  # OpenAI's json_schema without a schema means "a JSON object"
         try:
-            return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_JSON_OPTIONS)
+            return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), overrides=_JSON_OPTIONS)
         except (ValueError, TypeError) as e:
             raise InvalidRequest(f"invalid JSON schema: {e}", param=c.param) from None
     if c.kind == "regex":
@@ -118,6 +119,20 @@ def grammar_text(c: Constraint) -> str:
         except Exception as e:  # noqa: BLE001 - the converter raises plain exceptions on bad input
             raise InvalidRequest(f"invalid GBNF grammar: {e}", param=c.param) from None
     return llguidance.LLMatcher.grammar_from_lark(text)
+
+
+def closed_objects(schema):
+    """A copy of the schema where an object that lists `properties` and says nothing about
+    `additionalProperties` allows no others (OpenAI's strict mode, and what stops a small model from
+    inventing keys until it runs out of tokens)."""
+    if isinstance(schema, list):
+        return [closed_objects(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed_objects(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 class Structured:

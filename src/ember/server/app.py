@@ -31,7 +31,8 @@ from ember.server.pool import Pool
 
 log = logging.getLogger("ember.server")
 # Routers from other capabilities: (module, attribute); a module that has not landed yet is skipped.
-OPTIONAL_ROUTERS = [("ember.server.platform_api", "router"), ("ember.server.tasks_api", "router")]
+OPTIONAL_ROUTERS = [("ember.server.platform_api", "router"), ("ember.server.tasks_api", "router"),
+                    ("ember.server.responses_api", "router")]
 
 
 @dataclass

@@ -17,7 +17,7 @@ or more calls whose arguments validate against each function's parameters schema
 import json
 import uuid
 
-from ember.engine.structured import Constraint
+from ember.engine.structured import Constraint, closed_objects
 from ember.errors import InvalidRequest
 from ember.server import formats
 
@@ -118,14 +118,15 @@ def tool_constraint(tools: list[dict], choice, parallel: bool | None) -> Constra
         if name not in names:
             raise InvalidRequest(f"tool_choice names {name!r}, which is not in tools", param="tool_choice")
         names, multiple = [name], False
-    else:
-        multiple = parallel is not False
+    else:  # several calls only when asked for explicitly: a small model otherwise keeps calling to max_tokens
+        multiple = parallel is True
     rules = []
     by_name = {t["function"]["name"]: t["function"] for t in tools}
     for i, name in enumerate(names):
-        params = by_name[name].get("parameters") or {"type": "object"}
+        params = closed_objects(by_name[name].get("parameters") or {"type": "object"})
         schema = {"type": "object", "properties": {"name": {"const": name}, "arguments": params},
-                  "required": ["name", "arguments"], "additionalProperties": False}
+                  "required": ["name", "arguments"], "additionalProperties": False,
+                  "x-guidance": {"whitespace_flexible": False}}
         rules.append(f"fn{i}: %json {json.dumps(schema)}")
     body = " | ".join(f"fn{i}" for i in range(len(names)))
     start = 'start: call ("\\n" call)*' if multiple else "start: call"
