@@ -120,10 +120,11 @@ class Engine:
             return hit
         if self.tokenizer is None:
             raise InvalidRequest("structured output needs a model with a tokenizer", param=c.param)
+        grammar = structured.grammar_text(c)  # cheap checks (size, depth, syntax) before anything is built
         with self._start_lock:
             if self._structured is None:
                 self._structured = structured.Structured(self.tokenizer, self.eos_ids, self.model.vocab_size)
-        m = structured.compile_with_deadline(self._structured, c)
+        m = structured.compile_with_deadline(self._structured, c, grammar)
         self._grammars[key] = m
         while len(self._grammars) > 128:
             self._grammars.pop(next(iter(self._grammars)))

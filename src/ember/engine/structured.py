@@ -25,7 +25,7 @@ KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
 MAX_SPEC_CHARS = 64_000  # schema / regex / grammar text
 MAX_SCHEMA_DEPTH = 32  # nesting of a JSON schema document
 MAX_CHOICES = 1024
-COMPILE_SECONDS = 0.8  # wall-clock bound on compiling one constraint (the 400 comes well within 1 s)
+COMPILE_SECONDS = 0.5  # wall-clock bound on compiling one constraint (the 400 comes well within 1 s)
 # Fuel and size limits (llguidance counts work, not time): a catastrophic regex or an exploding grammar
 # fails with an error instead of running long, at compile time and at every mask computation.
 _LIMITS = {"max_items_in_row": 2000, "initial_lexer_fuel": 1_000_000, "step_lexer_fuel": 200_000,
@@ -85,6 +85,8 @@ def grammar_text(c: Constraint) -> str:
             too_big("JSON schema")
         if _depth(schema) > MAX_SCHEMA_DEPTH:
             raise InvalidRequest(f"the JSON schema is nested more than {MAX_SCHEMA_DEPTH} levels deep", param=c.param)
+        for pattern in _patterns(schema):
+            check_regex(pattern, c.param)
         if schema is True or schema == {}:
             schema = {"type": "object"}  # OpenAI's json_schema without a schema means "a JSON object"
         try:
@@ -96,6 +98,7 @@ def grammar_text(c: Constraint) -> str:
             raise InvalidRequest("the regex must be a non-empty string", param=c.param)
         if len(c.value) > MAX_SPEC_CHARS:
             too_big("regex")
+        check_regex(c.value, c.param)
         return llguidance.LLMatcher.grammar_from_regex(c.value)
     if c.kind == "choice":
         choices = c.value
@@ -119,6 +122,57 @@ def grammar_text(c: Constraint) -> str:
         except Exception as e:  # noqa: BLE001 - the converter raises plain exceptions on bad input
             raise InvalidRequest(f"invalid GBNF grammar: {e}", param=c.param) from None
     return llguidance.LLMatcher.grammar_from_lark(text)
+
+
+MAX_REPEAT = 10_000  # product of nested counted repetitions ({m,n}) in a regex
+
+
+def check_regex(pattern: str, param: str) -> None:
+    """Refuses the classic catastrophic shapes: an unbounded repetition inside another ((a+)+, (a*b?)*) and
+    nested counts whose product is huge ((x{1,1000}){1,1000}). llguidance itself would match these in linear
+    time, but their masks get expensive and no real format needs them; a clear 400 is better. Patterns that
+    Python's parser does not read (Rust-only syntax) are left to llguidance."""
+    import re._parser as sre
+
+    try:
+        tree = sre.parse(pattern)
+    except Exception:  # noqa: BLE001 - any parse failure: llguidance gives its own error
+        return
+
+    def walk(items, unbounded_above: bool, count: int) -> None:
+        for op, av in items:
+            if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+                lo, hi, sub = av
+                unbounded = hi == sre.MAXREPEAT
+                if unbounded and unbounded_above:
+                    raise InvalidRequest("the regex nests an unbounded repetition inside another (like (a+)+), "
+                                         "a catastrophic pattern Ember refuses", param=param)
+                n = count * (max(lo, 1) if unbounded else max(hi, 1))
+                if n > MAX_REPEAT:
+                    raise InvalidRequest(f"the regex repeats more than {MAX_REPEAT} times in total through nested "
+                                         "counted repetitions", param=param)
+                walk(sub, unbounded_above or unbounded, n)
+            elif op == sre.SUBPATTERN:
+                walk(av[-1], unbounded_above, count)
+            elif op == sre.BRANCH:
+                for alt in av[1]:
+                    walk(alt, unbounded_above, count)
+            elif op in (sre.ASSERT, sre.ASSERT_NOT):
+                walk(av[1], unbounded_above, count)
+
+    walk(tree, False, 1)
+
+
+def _patterns(schema):
+    if isinstance(schema, dict):
+        for k, v in schema.items():
+            if k == "pattern" and isinstance(v, str):
+                yield v
+            else:
+                yield from _patterns(v)
+    elif isinstance(schema, list):
+        for v in schema:
+            yield from _patterns(v)
 
 
 def closed_objects(schema):
@@ -149,11 +203,12 @@ class Structured:
         self.words = (self.tokenizer.vocab_size + 31) // 32
         self._bits = torch.arange(32, dtype=torch.int32)
 
-    def compile(self, c: Constraint):
-        """Constraint -> a fresh llguidance matcher (one per sequence: `new_matcher` copies it)."""
+    def compile(self, c: Constraint, grammar: str | None = None):
+        """Constraint (and its grammar_text, when already made) -> a compiled llguidance matcher (each
+        sequence gets a copy: `new_matcher`)."""
         import llguidance
 
-        grammar = grammar_text(c)
+        grammar = grammar or grammar_text(c)
         m = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0, limits=self.limits)
         if m.is_error():
             raise InvalidRequest(f"cannot compile the {_what(c)}: {_short(m.get_error())}", param=c.param)
@@ -206,11 +261,12 @@ def _short(err: str) -> str:
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ember-grammar")
 
 
-def compile_with_deadline(structured: Structured, c: Constraint, seconds: float = COMPILE_SECONDS):
+def compile_with_deadline(structured: Structured, c: Constraint, grammar: str,
+                          seconds: float = COMPILE_SECONDS):
     """Compiles on a worker thread (llguidance releases the GIL while it builds), never on the step loop;
     a compile that takes longer than `seconds` is refused. Its thread finishes on its own, bounded by the
     fuel limits above."""
-    fut = _pool.submit(structured.compile, c)
+    fut = _pool.submit(structured.compile, c, grammar)
     try:
         return fut.result(timeout=seconds)
     except concurrent.futures.TimeoutError:
