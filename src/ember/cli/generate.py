@@ -48,6 +48,9 @@ def generate(ref: str = typer.Argument(..., help="Model reference (name, name:3,
              stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
              chat_mode: bool = typer.Option(False, "--chat", help="Wrap the prompt as one user message."),
              stream: bool = typer.Option(False, "--stream/--no-stream", help="Print tokens as they come."),
+             json_schema: Path = typer.Option(None, "--json-schema", help="Constrain the output to this JSON schema (file)."),
+             regex: str = typer.Option(None, "--regex", help="Constrain the output to this regex."),
+             choice: list[str] = typer.Option(None, "--choice", help="Constrain the output to one of these (repeatable)."),
              threads: int = typer.Option(None, "--threads")):
     """Complete one prompt."""
     from ember.engine.sampling import SamplingParams
@@ -55,7 +58,7 @@ def generate(ref: str = typer.Argument(..., help="Model reference (name, name:3,
     if prompt == "-":
         prompt = sys.stdin.read()
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                            num_beams=beams, stop=stop or [])
+                            num_beams=beams, stop=stop or [], constraint=_constraint(json_schema, regex, choice))
     engine = _engine(ref, max_slots=4, max_seq_len=min(8192, max(2048, max_tokens + 1024)), threads=threads)
     p = engine.chat_prompt([{"role": "user", "content": prompt}]) if chat_mode else prompt
     if stream and not params.use_beam_search:
@@ -86,6 +89,9 @@ def chat(ref: str = typer.Argument(..., help="Model reference or HF folder (need
          temperature: float = typer.Option(0.7, "--temperature"),
          top_p: float = typer.Option(0.95, "--top-p"),
          seed: int = typer.Option(None, "--seed"),
+         json_schema: Path = typer.Option(None, "--json-schema", help="Constrain the output to this JSON schema (file)."),
+         regex: str = typer.Option(None, "--regex", help="Constrain the output to this regex."),
+         choice: list[str] = typer.Option(None, "--choice", help="Constrain the output to one of these (repeatable)."),
          threads: int = typer.Option(None, "--threads")):
     """Interactive chat: streams each answer, keeps the history. /reset clears it, /exit or Ctrl-D ends."""
     from ember.engine.sampling import SamplingParams
@@ -112,9 +118,53 @@ def chat(ref: str = typer.Argument(..., help="Model reference or HF folder (need
         room = engine.context_length - len(ids) - 1
         if room < 1:
             raise InvalidRequest("the conversation no longer fits the context; /reset it")
-        params = SamplingParams(max_tokens=min(max_tokens, room), temperature=temperature, top_p=top_p, seed=seed)
+        params = SamplingParams(max_tokens=min(max_tokens, room), temperature=temperature, top_p=top_p, seed=seed,
+                                constraint=_constraint(json_schema, regex, choice))
         answer = _stream_print(engine, ids, params)
         history.append({"role": "assistant", "content": answer})
+
+
+def _constraint(json_schema: Path | None, regex: str | None, choice: list[str] | None):
+    """--json-schema FILE / --regex / --choice -> the engine's Constraint (at most one)."""
+    from ember.engine.structured import Constraint
+
+    given = [x for x in (json_schema, regex, choice) if x]
+    if len(given) > 1:
+        raise InvalidRequest("give at most one of --json-schema, --regex and --choice")
+    if json_schema:
+        try:
+            return Constraint("json_schema", json.loads(Path(json_schema).read_text()), "--json-schema")
+        except (OSError, ValueError) as e:
+            raise InvalidRequest(f"cannot read the JSON schema {json_schema}: {e}", param="--json-schema") from None
+    if regex:
+        return Constraint("regex", regex, "--regex")
+    if choice:
+        return Constraint("choice", list(choice), "--choice")
+    return None
+
+
+def _structured_line(engine, body: dict, chat: bool, lineno: int):
+    """A batch line's response_format / guided_* / tools -> (prompt ids or None, constraint, tool names)."""
+    from pydantic import ValidationError
+
+    from ember.server import tools
+    from ember.server.schemas import ChatRequest, CompletionRequest
+    from ember.server.structured_schemas import constraint_of
+
+    try:
+        parsed = (ChatRequest if chat else CompletionRequest).model_validate(body)
+    except ValidationError as e:
+        raise InvalidRequest(f"line {lineno}: {e.errors()[0].get('msg', 'invalid body')}") from None
+    if not chat:
+        return None, constraint_of(parsed), None
+    choice = parsed.tool_choice.model_dump() if hasattr(parsed.tool_choice, "model_dump") else parsed.tool_choice
+    return tools.prepare_chat(engine, tools.chat_messages(parsed.messages),
+                              [t.model_dump(exclude_none=True) for t in parsed.tools or []] or None, choice,
+                              parsed.parallel_tool_calls, constraint_of(parsed))
+
+
+_STRUCTURED_KEYS = ("response_format", "tools", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+                    "structured_outputs")
 
 
 # ----- batch -----
@@ -156,19 +206,37 @@ def _prepare(engine, line: str, lineno: int):
     if chat:
         if not isinstance(body.get("messages"), list):
             raise InvalidRequest(f"line {lineno}: 'messages' must be a list")
-        prompt = engine.chat_prompt(body["messages"])
+        structured = any(k in body for k in _STRUCTURED_KEYS) or any(
+            isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool") for m in body["messages"])
+        prompt = None if structured else engine.chat_prompt(body["messages"])
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, (str, list)):
             raise InvalidRequest(f"line {lineno}: 'prompt' must be a string or a list of token ids")
         prompt = engine.encode(prompt)
-    return url, chat, body, prompt, params_from_body(body, chat)
+    params = params_from_body(body, chat)
+    if prompt is None or any(k in body for k in _STRUCTURED_KEYS):
+        ids, constraint, names = _structured_line(engine, body, chat, lineno)
+        prompt = ids if ids is not None else prompt
+        if constraint is not None:
+            import dataclasses
+
+            params = dataclasses.replace(params, constraint=constraint)
+        body = {**body, "__tool_names": names}
+    return url, chat, body, prompt, params
 
 
 def _response(comp, chat: bool, body: dict, ref: str) -> dict:
     choices = []
     for c in comp.choices:
-        if chat:
+        if chat and body.get("__tool_names"):
+            from ember.server import tools
+
+            content, calls = tools.parse_all(c.text, body["__tool_names"])
+            msg = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+            reason = "tool_calls" if calls and c.finish_reason == "stop" else c.finish_reason
+            choices.append({"index": c.index, "message": msg, "finish_reason": reason})
+        elif chat:
             choices.append({"index": c.index, "message": {"role": "assistant", "content": c.text},
                             "finish_reason": c.finish_reason})
         else:
