@@ -50,7 +50,7 @@ def test_json_object_always_parses(client):
             model=MODEL, response_format={"type": "json_object"}, temperature=1.0, seed=seed, max_tokens=48,
             messages=[{"role": "user", "content": "Give me a JSON object describing a cat."}]).choices[0]
 
-    for c in _parallel(one, list(range(8))):
+    for c in _parallel(one, list(range(4))):
         if c.finish_reason == "stop":
             assert isinstance(json.loads(c.message.content), dict)
 
