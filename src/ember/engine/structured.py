@@ -217,11 +217,9 @@ class Structured:
     # ----- per step -----
     def apply_masks(self, logits: torch.Tensor, rows: list[int], matchers: list) -> None:
         """Sets logits[r, t] = -inf for every token t the matcher of row r does not allow (in place)."""
-        import llguidance.torch as lt
-
         mask = torch.full((len(rows), self.words), -1, dtype=torch.int32)
-        for i, m in enumerate(matchers):
-            lt.fill_next_token_bitmask(m, mask, i)
+        for i, m in enumerate(matchers):  # what llguidance.torch.fill_next_token_bitmask does, minus its imports
+            m.unsafe_compute_mask_ptr(mask[i].data_ptr(), self.words * 4)
         allowed = ((mask[:, :, None] >> self._bits) & 1).view(len(rows), -1).bool()
         V = logits.shape[1]
         if allowed.shape[1] < V:
