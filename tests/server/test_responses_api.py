@@ -37,7 +37,14 @@ def client(served):
 
 
 def test_agent_with_a_function_tool_runs_to_completion(served):
-    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, function_tool, set_tracing_disabled
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIResponsesModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
     from openai import AsyncOpenAI
 
     set_tracing_disabled(True)
@@ -72,14 +79,14 @@ def test_stream_events_and_text_format(client):
     assert [e.sequence_number for e in events] == list(range(len(events)))
 
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]}
-    r = client.responses.create(model=MODEL, input="Name a city.", max_output_tokens=30, temperature=1.0, seed=2,
-                                text={"format": {"type": "json_schema", "name": "c", "schema": schema}})
+    r = client.responses.create(model=MODEL, input="Name a city.", max_output_tokens=30, temperature=1.0,
+                                extra_body={"seed": 2}, text={"format": {"type": "json_schema", "name": "c", "schema": schema}})
     assert r.status == "completed" and isinstance(json.loads(r.output_text)["city"], str)
 
 
 def test_streamed_function_call_equals_whole_on_the_fallback_template(client):
-    kw = dict(model="tiny", input="weather in Oslo", tools=TOOLS, tool_choice="required", max_output_tokens=40,
-              temperature=1.0, seed=3)
+    kw = {"model": "tiny", "input": "weather in Oslo", "tools": TOOLS, "tool_choice": "required",
+          "max_output_tokens": 40, "temperature": 1.0, "extra_body": {"seed": 3}}
     whole = client.responses.create(**kw)
     calls = [o for o in whole.output if o.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].call_id.startswith("call_")
@@ -88,7 +95,7 @@ def test_streamed_function_call_equals_whole_on_the_fallback_template(client):
     args = "".join(e.delta for e in streamed if e.type == "response.function_call_arguments.delta")
     assert args == calls[0].arguments
     r = client.responses.create(model="tiny", input="weather?", tools=TOOLS, tool_choice="none",
-                                max_output_tokens=8, seed=1)
+                                max_output_tokens=8)
     assert all(o.type == "message" for o in r.output)
 
 

@@ -89,8 +89,8 @@ def test_langchain_structured_output_and_forced_tool(server):
 
 
 def test_streamed_tool_calls_equal_the_whole_response(client):
-    kw = dict(model=MODEL, messages=[{"role": "user", "content": "What is the weather in Rome?"}], tools=[WEATHER],
-              tool_choice="required", temperature=1.0, seed=5, max_tokens=40)
+    kw = {"model": MODEL, "messages": [{"role": "user", "content": "What is the weather in Rome?"}],
+          "tools": [WEATHER], "tool_choice": "required", "temperature": 1.0, "seed": 5, "max_tokens": 40}
     whole = client.chat.completions.create(**kw).choices[0]
     assert whole.finish_reason == "tool_calls"
     call = whole.message.tool_calls[0]

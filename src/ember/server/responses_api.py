@@ -27,7 +27,14 @@ from ember.server import tools
 from ember.server.auth import require_scope
 from ember.server.errors import error_body
 from ember.server.generation import Run
-from ember.server.openai_api import SSEResponse, _client_gone, _constrained, _served, _state, _unless_disconnected
+from ember.server.openai_api import (
+    SSEResponse,
+    _client_gone,
+    _constrained,
+    _served,
+    _state,
+    _unless_disconnected,
+)
 from ember.server.structured_schemas import NoSilentDrops
 from ember.store import responses as stored
 

@@ -192,8 +192,7 @@ class CallParser:
 
     def _block(self, block: str, events: list) -> None:
         inner = block[len(OPEN):]
-        if inner.endswith(CLOSE):
-            inner = inner[: -len(CLOSE)]
+        inner = inner.removesuffix(CLOSE)
         call = _parse_call(inner, self.names)
         if call is None:
             self._text(block, events)
