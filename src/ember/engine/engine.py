@@ -125,9 +125,10 @@ class Engine:
             if self._structured is None:
                 self._structured = structured.Structured(self.tokenizer, self.eos_ids, self.model.vocab_size)
         m = structured.compile_with_deadline(self._structured, c, grammar)
-        self._grammars[key] = m
-        while len(self._grammars) > 128:
-            self._grammars.pop(next(iter(self._grammars)))
+        with self._start_lock:  # compiles run on several worker threads
+            self._grammars[key] = m
+            while len(self._grammars) > 128:
+                self._grammars.pop(next(iter(self._grammars)))
         return m
 
     # ----- requests -----
