@@ -26,7 +26,8 @@ Answerer = Callable[[list[dict]], Iterator[str]]
 HELP = "Type a message; /reset clears the conversation, /exit or Ctrl-D quits, Ctrl-C stops an answer."
 
 
-def local_answerer(engine, *, max_tokens: int, temperature: float, top_p: float, seed: int | None) -> Answerer:
+def local_answerer(engine, *, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+                   constraint=None) -> Answerer:
     """Streams from an in-process Engine; closing the iterator (Ctrl-C) aborts the request at once."""
     from ember.engine.sampling import SamplingParams
 
@@ -35,7 +36,8 @@ def local_answerer(engine, *, max_tokens: int, temperature: float, top_p: float,
         room = engine.context_length - len(ids) - 1
         if room < 1:
             raise InvalidRequest("the conversation no longer fits the context; /reset it")
-        params = SamplingParams(max_tokens=min(max_tokens, room), temperature=temperature, top_p=top_p, seed=seed)
+        params = SamplingParams(max_tokens=min(max_tokens, room), temperature=temperature, top_p=top_p, seed=seed,
+                                constraint=constraint)
         deltas: queue.SimpleQueue = queue.SimpleQueue()
         rid = engine.add_request(ids, params, deltas.put)
         finished = False

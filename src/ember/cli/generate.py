@@ -14,6 +14,7 @@ server's: parsed by server/schemas.py, answered in server/formats.py's shapes (e
 an error record and the rest still run; rerunning with the same out.jsonl skips the lines already done.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -54,11 +55,15 @@ def generate(ref: str = typer.Argument(..., help="Model reference (name, name:3,
              stop: list[str] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
              chat_mode: bool = typer.Option(False, "--chat", help="Wrap the prompt as one user message."),
              stream: bool = typer.Option(False, "--stream/--no-stream", help="Print tokens as they come."),
+             json_schema: Path = typer.Option(None, "--json-schema", help="Constrain the output to this JSON schema."),
+             regex: str = typer.Option(None, "--regex", help="Constrain the output to this regex."),
+             choice: list[str] = typer.Option(None, "--choice", help="Constrain the output to one of these."),
              threads: int = typer.Option(None, "--threads"),
              local: bool = LOCAL):
     """Complete one prompt (through a running `ember serve` when there is one)."""
     from ember.cli import remote as api
 
+    constraint = _constraint(json_schema, regex, choice)
     if prompt == "-":
         prompt = sys.stdin.read()
     server = api.connect(ref, local)
@@ -66,13 +71,13 @@ def generate(ref: str = typer.Argument(..., help="Model reference (name, name:3,
         try:
             return api.generate(server, prompt, chat_mode=chat_mode, stream=stream, max_tokens=max_tokens,
                                 temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, beams=beams,
-                                stop=stop or [])
+                                stop=stop or [], extra=_guided(constraint))
         except api.Fallback as e:
             api.note(f"{e}; loading {ref} locally")
     from ember.engine.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                            num_beams=beams, stop=stop or [])
+                            num_beams=beams, stop=stop or [], constraint=constraint)
     engine = _engine(ref, max_slots=4, max_seq_len=min(8192, max(2048, max_tokens + 1024)), threads=threads)
     p = engine.chat_prompt([{"role": "user", "content": prompt}]) if chat_mode else prompt
     if stream and not params.use_beam_search:
@@ -103,6 +108,9 @@ def chat(ref: str = typer.Argument(..., help="Model reference or HF folder (need
          temperature: float = typer.Option(0.7, "--temperature"),
          top_p: float = typer.Option(0.95, "--top-p"),
          seed: int = typer.Option(None, "--seed"),
+         json_schema: Path = typer.Option(None, "--json-schema", help="Constrain each answer to this JSON schema."),
+         regex: str = typer.Option(None, "--regex", help="Constrain each answer to this regex."),
+         choice: list[str] = typer.Option(None, "--choice", help="Constrain each answer to one of these."),
          threads: int = typer.Option(None, "--threads"),
          local: bool = LOCAL):
     """Interactive chat: streams each answer, keeps the history. /reset clears it, /exit or Ctrl-D ends,
@@ -111,15 +119,43 @@ def chat(ref: str = typer.Argument(..., help="Model reference or HF folder (need
     from ember.cli import remote as api
     from ember.config import get_settings
 
+    constraint = _constraint(json_schema, regex, choice)
     sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
     server = api.connect(ref, local)
     if server is not None:
-        answer = api.chat_answerer(server, **sampling)
+        answer = api.chat_answerer(server, **sampling, extra=_guided(constraint))
     else:
         engine = _engine(ref, max_slots=2, threads=threads)
         engine.chat_prompt([{"role": "user", "content": "hi"}])  # fail now if there is no template
-        answer = chat_repl.local_answerer(engine, **sampling)
+        answer = chat_repl.local_answerer(engine, **sampling, constraint=constraint)
     chat_repl.run(answer, system, history=get_settings().home / "chat_history")
+
+
+def _constraint(json_schema: Path | None, regex: str | None, choice: list[str] | None):
+    """--json-schema FILE / --regex / --choice -> the engine's Constraint (at most one)."""
+    from ember.engine.structured import Constraint
+
+    given = [x for x in (json_schema, regex, choice) if x]
+    if len(given) > 1:
+        raise InvalidRequest("give at most one of --json-schema, --regex and --choice")
+    if json_schema:
+        try:
+            return Constraint("json_schema", json.loads(Path(json_schema).read_text()), "--json-schema")
+        except (OSError, ValueError) as e:
+            raise InvalidRequest(f"cannot read the JSON schema {json_schema}: {e}", param="--json-schema") from None
+    if regex:
+        return Constraint("regex", regex, "--regex")
+    if choice:
+        return Constraint("choice", list(choice), "--choice")
+    return None
+
+
+def _guided(constraint) -> dict:
+    """The same constraint as vLLM's request extras, for the server path."""
+    if constraint is None:
+        return {}
+    return {{"json_schema": "guided_json", "regex": "guided_regex", "choice": "guided_choice"}[constraint.kind]:
+            constraint.value}
 
 
 # ----- batch -----
@@ -141,13 +177,16 @@ class _Line:
     body: object  # CompletionRequest or ChatRequest
     prompts: list[list[int]]
     params: object  # SamplingParams
+    tool_names: set[str] | None = None  # a chat line with tools: calls are parsed out of the text
 
 
 def _prepare(engine, line: str, lineno: int) -> _Line:
     """Parses one batch line; raises EmberError for a bad one."""
     from pydantic import ValidationError
 
+    from ember.server import tools
     from ember.server.schemas import ChatRequest, CompletionRequest, validation_message
+    from ember.server.structured_schemas import constraint_of
 
     try:
         req = json.loads(line)
@@ -167,20 +206,32 @@ def _prepare(engine, line: str, lineno: int) -> _Line:
     if body.stream:
         raise InvalidRequest(f"line {lineno}: stream is not available in a batch", param="stream")
     params = body.to_sampling_params()
-    if isinstance(body, ChatRequest):
-        prompts = [engine.chat_prompt(body.message_dicts(), add_generation_prompt=body.add_generation_prompt)]
+    names = None
+    if isinstance(body, ChatRequest):  # tools and response_format exactly as the server applies them
+        choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
+        ids, constraint, names = tools.prepare_chat(
+            engine, tools.chat_messages(body.messages), [t.model_dump(exclude_none=True) for t in body.tools or []]
+            or None, choice, body.parallel_tool_calls, constraint_of(body), body.add_generation_prompt)
+        prompts = [ids]
     else:
         p = body.prompt
         prompts = [engine.encode(p)] if isinstance(p, str) or isinstance(p[0], int) else [engine.encode(x) for x in p]
+        constraint = constraint_of(body)
+    if constraint is not None:
+        params = dataclasses.replace(params, constraint=constraint)
     for ids in prompts:
         engine.check(ids, params, param="messages" if isinstance(body, ChatRequest) else "prompt")
-    return _Line(url, body, prompts, params)
+    return _Line(url, body, prompts, params, names)
 
 
 def _response(engine, ref: str, ln: _Line, accs: dict, usage) -> dict:
     from ember.server import formats
 
     served = _Served(ln.body.model or ref, engine.tokenizer)
+    if ln.tool_names:
+        from ember.server.tools import ToolChatFormat
+
+        return ToolChatFormat(served, ln.prompts, ln.body, ln.tool_names).full(accs, usage, ln.body.n)
     cls = formats.ChatFormat if ln.url == "/v1/chat/completions" else formats.CompletionFormat
     return cls(served, ln.prompts, ln.body).full(accs, usage, ln.body.n)
 

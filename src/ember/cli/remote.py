@@ -169,10 +169,12 @@ def connect(ref: str, local: bool = False) -> Remote | None:
 # ----- ember generate -----
 
 def generate(remote: Remote, prompt: str, *, chat_mode: bool, stream: bool, max_tokens: int, temperature: float,
-             top_p: float, top_k: int, seed: int | None, beams: int, stop: list[str]) -> None:
+             top_p: float, top_k: int, seed: int | None, beams: int, stop: list[str],
+             extra: dict | None = None) -> None:
     """`ember generate` over the API: the same options, the same output. Raises Fallback before printing
     anything when the server cannot run it."""
-    body: dict = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    body: dict = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                  **(extra or {})}
     if top_k:
         body["top_k"] = top_k
     if stop:
@@ -196,7 +198,8 @@ def generate(remote: Remote, prompt: str, *, chat_mode: bool, stream: bool, max_
 
 # ----- ember chat -----
 
-def chat_answerer(remote: Remote, *, max_tokens: int, temperature: float, top_p: float, seed: int | None):
+def chat_answerer(remote: Remote, *, max_tokens: int, temperature: float, top_p: float, seed: int | None,
+                  extra: dict | None = None):
     """The `answer(messages) -> iterator of text` function `ember chat` uses (cli/chat_repl.py)."""
 
     def answer(messages: list[dict]) -> Iterator[str]:
@@ -206,7 +209,8 @@ def chat_answerer(remote: Remote, *, max_tokens: int, temperature: float, top_p:
             if room < 1:
                 raise InvalidRequest("the conversation no longer fits the context; /reset it")
             n = min(n, room)
-        body = {"messages": messages, "max_tokens": n, "temperature": temperature, "top_p": top_p, "seed": seed}
+        body = {"messages": messages, "max_tokens": n, "temperature": temperature, "top_p": top_p, "seed": seed,
+                **(extra or {})}
         yield from remote.stream("/v1/chat/completions", body)
 
     return answer

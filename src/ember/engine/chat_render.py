@@ -19,9 +19,11 @@ def special_strings(tokenizer) -> list[str]:
     return sorted(t for t in found if t)
 
 
-def render_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+def render_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+               tools: list[dict] | None = None) -> list[int]:
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, tools=tools,
+                                             add_generation_prompt=add_generation_prompt)
     except Exception as e:  # noqa: BLE001 - template errors (raise_exception, bad roles) are user input errors
         raise InvalidRequest(f"cannot render the chat template: {e}", param="messages") from None
     specials = special_strings(tokenizer)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ember.engine import beam, compute
+from ember.engine import beam, compute, structured
 from ember.engine.chat_render import render_ids
 from ember.engine.detok import Detokenizer
 from ember.models.attention import make_batch
@@ -56,6 +56,8 @@ class Engine:
         self._start_lock = threading.Lock()
         self.steps = 0
         self.generated_tokens = 0
+        self._structured: structured.Structured | None = None
+        self._grammars: dict = {}  # compiled constraint templates, most recent last
 
     @classmethod
     def load(cls, ref_or_path, settings=None, *, max_slots: int = 32, max_seq_len: int = 2048,
@@ -103,13 +105,35 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
 
-    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> list[int]:
         """Renders messages with the model's own chat template (transformers renders it in a sandboxed
         Jinja environment) and returns token ids; the template already holds any special tokens."""
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequest("this model has no chat template; use a plain completion instead")
         # Message text is never tokenized as control tokens (engine/chat_render.py).
-        return render_ids(self.tokenizer, messages, add_generation_prompt)
+        return render_ids(self.tokenizer, messages, add_generation_prompt, tools=tools)
+
+    # ----- constrained decoding (engine/structured.py) -----
+    def compile_constraint(self, c: "structured.Constraint"):
+        """Compiles (or finds compiled) a constraint, within structured.COMPILE_SECONDS; raises InvalidRequest
+        naming the problem. Blocking: the server calls it from a worker thread before add_request."""
+        key = (c.kind, repr(c.value) if not isinstance(c.value, (dict, list)) else _json_key(c.value))
+        hit = self._grammars.get(key)
+        if hit is not None:
+            return hit
+        if self.tokenizer is None:
+            raise InvalidRequest("structured output needs a model with a tokenizer", param=c.param)
+        grammar = structured.grammar_text(c)  # cheap checks (size, depth, syntax) before anything is built
+        with self._start_lock:
+            if self._structured is None:
+                self._structured = structured.Structured(self.tokenizer, self.eos_ids, self.model.vocab_size)
+        m = structured.compile_with_deadline(self._structured, c, grammar)
+        with self._start_lock:  # compiles run on several worker threads
+            self._grammars[key] = m
+            while len(self._grammars) > 128:
+                self._grammars.pop(next(iter(self._grammars)))
+        return m
 
     # ----- requests -----
     def check(self, ids: list[int], p: SamplingParams, param: str = "prompt") -> int:
@@ -139,6 +163,7 @@ class Engine:
             raise InvalidRequest("beam search runs through generate() or stream(), not add_request")
         ids = self.encode(prompt)
         max_tokens = self.check(ids, params)
+        grammar = self.compile_constraint(params.constraint) if params.constraint is not None else None
         if self.num_waiting + len(self._requests) >= self.max_waiting:
             raise Overloaded("the engine's queue is full", retry_after=1)
         rid = request_id or uuid.uuid4().hex
@@ -152,6 +177,8 @@ class Engine:
                                      parent=req.seqs[0] if i else None,
                                      prompt_logprobs=[None] if params.prompt_logprobs is not None and i == 0
                                      else None))
+            if grammar is not None:
+                req.seqs[-1].matcher = structured.new_matcher(grammar)
         req.stop_ids = stop_ids
         self._ensure_thread()
         self._inbox.put(("add", req))
@@ -363,7 +390,11 @@ class Engine:
             logits = logits[sample_at]
         lp_rows = [i for i, s in enumerate(rows) if s.logprobs is not None]
         raw = logits[lp_rows].clone() if lp_rows else None
-        toks = sample(logits, [s.params for s in rows], [s.generator for s in rows], [s.prompt_ids for s in rows],
+        params = [s.params for s in rows]
+        con = [i for i, s in enumerate(rows) if s.matcher is not None]
+        if con:  # rows without a constraint pay nothing
+            self._structured.apply_masks(logits, con, [rows[i].matcher for i in con])
+        toks = sample(logits, params, [s.generator for s in rows], [s.prompt_ids for s in rows],
                       [s.output_ids for s in rows])
         lps = {}
         if lp_rows:
@@ -380,6 +411,13 @@ class Engine:
         if lp is not None:
             s.logprobs.append(lp)
         lps = [lp] if lp is not None else None
+        if s.matcher is not None:
+            state = structured.advance(s.matcher, t)
+            if state == "error":  # the grammar engine gave up (fuel exhausted): the output is incomplete
+                log.warning("constraint of request %s failed: %s", s.request.request_id, s.matcher.get_error())
+                return self._finish(s, "length", [t], lps, s.detok.add(t) if t not in s.request.stop_ids else "")
+            if state == "stop" and t not in s.request.stop_ids:  # complete: nothing more may follow
+                return self._finish(s, "stop", [t], lps, s.detok.add(t))
         if t in s.request.stop_ids:
             return self._finish(s, "stop", [t], lps)
         text = s.detok.add(t)
@@ -449,3 +487,9 @@ class _Collector:
     def completion(self, last: Delta) -> Completion:
         return Completion(last.request_id, self.prompt_ids, [self.choices[i] for i in sorted(self.choices)],
                           last.usage, self.prompt_logprobs)
+
+
+def _json_key(v) -> str:
+    import json
+
+    return json.dumps(v, sort_keys=True)

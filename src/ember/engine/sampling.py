@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ember.engine.structured import Constraint
 from ember.errors import InvalidRequest
 
 
@@ -44,6 +45,8 @@ class SamplingParams:
     skip_special_tokens: bool = True
     # Prefix-cache reuse only between requests with equal salts (the server sets key id + cache_salt).
     cache_salt: str | None = None
+    # Constrained decoding (engine/structured.py): JSON schema, JSON object, regex, choice or grammar.
+    constraint: "Constraint | None" = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -88,6 +91,9 @@ class SamplingParams:
             bad("prompt_logprobs", "is not supported with beam search")
         if self.use_beam_search and self.max_tokens == 0:
             bad("max_tokens", "must be at least 1 with beam search")
+        if self.use_beam_search and self.constraint is not None:
+            raise InvalidRequest("beam search cannot be combined with structured output (response_format, "
+                                 "guided_*, tools)", param="use_beam_search")
 
     @property
     def greedy(self) -> bool:

@@ -116,6 +116,7 @@ class Sequence:
     # [None, lp(token 1), ...] as the prompt's chunks are computed (params.prompt_logprobs set); else None.
     prompt_logprobs: list[dict | None] | None = None
     prompt_logprobs_sent: bool = False
+    matcher: object = None  # llguidance matcher of a constrained sequence (engine/structured.py)
 
     @property
     def prefill_len(self) -> int:

@@ -37,8 +37,8 @@ from ember.server.pool import Pool
 
 log = logging.getLogger("ember.server")
 # Every route of the server, one router per module (imported when an app is created).
-ROUTERS = ["ember.server.openai_api", "ember.server.tasks_api", "ember.server.rerank_api", "ember.server.platform_api",
-           "ember.server.usage_api"]
+ROUTERS = ["ember.server.openai_api", "ember.server.responses_api", "ember.server.tasks_api",
+           "ember.server.rerank_api", "ember.server.platform_api", "ember.server.usage_api"]
 
 
 @dataclass

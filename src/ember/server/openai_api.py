@@ -12,21 +12,27 @@ first chat delta of each choice, `data: [DONE]\\n\\n` last. Response shapes are 
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import struct
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from ember.errors import EmberError, InvalidRequest
-from ember.server import formats, limits
+from ember.server import formats, limits, tools
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady, error_body
 from ember.server.generation import Run
 from ember.server.schemas import ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
+from ember.server.structured_schemas import constraint_of
+
+if TYPE_CHECKING:
+    from ember.engine.sampling import SamplingParams
 
 router = APIRouter(dependencies=[Depends(require_scope("inference"))])
 
@@ -202,6 +208,7 @@ async def completions(body: CompletionRequest, request: Request):
     engine = served.engine
     prompts = await run_in_threadpool(_prompt_ids, engine, body.prompt)  # off the event loop
     limits.check_params(params, served, prompts, lim, getattr(request.state, "key", None), body.cache_salt)
+    params = await _constrained(engine, params, constraint_of(body))
     for ids in prompts:
         engine.check(ids, params)
     if _state(request).log_content:
@@ -216,15 +223,29 @@ async def chat_completions(body: ChatRequest, request: Request):
     lim = _state(request).limits
     limits.check_chat(body, lim)  # message count, characters, valid text: before the template is rendered
     engine = served.engine
-    messages = body.message_dicts()
-    ids = await run_in_threadpool(engine.chat_prompt, messages, add_generation_prompt=body.add_generation_prompt)
+    messages = tools.chat_messages(body.messages)
+    tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
+    ids, constraint, names = await run_in_threadpool(  # the template renders off the event loop
+        tools.prepare_chat, engine, messages, [t.model_dump(exclude_none=True) for t in body.tools or []] or None,
+        tool_choice, body.parallel_tool_calls, constraint_of(body), body.add_generation_prompt)
     params = body.to_sampling_params()
     limits.check_params(params, served, [ids], lim, getattr(request.state, "key", None), body.cache_salt)
+    params = await _constrained(engine, params, constraint)
     engine.check(ids, params, param="messages")
     if _state(request).log_content:
         request.state.log["prompt"] = messages
-    fmt = formats.ChatFormat(served, [ids], body)
+    fmt = tools.ToolChatFormat(served, [ids], body, names) if names else formats.ChatFormat(served, [ids], body)
     return await _run_generation(request, served, [ids], params, body, fmt)
+
+
+async def _constrained(engine, params: "SamplingParams", constraint) -> "SamplingParams":
+    """Attaches a structured-output constraint, compiled now on a worker thread (bounded in time, so a
+    pathological schema is a 400 at once and the event loop and the engine's streams never wait on it)."""
+    if constraint is None:
+        return params
+    params = dataclasses.replace(params, constraint=constraint)  # re-validates (beam search + constraint)
+    await asyncio.get_running_loop().run_in_executor(None, engine.compile_constraint, constraint)
+    return params
 
 
 # ----- embeddings, tokenize, detokenize -----

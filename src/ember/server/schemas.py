@@ -12,7 +12,10 @@ Responses are plain dicts built in formats.py, in exactly OpenAI's shapes.
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+
+from ember.server.structured_schemas import (GuidedFields, NoSilentDrops, ResponseFormat, ToolCall, ToolFields,
+                                             check_parts)
 
 from ember.engine.sampling import SamplingParams
 from ember.errors import InvalidRequest
@@ -113,7 +116,7 @@ Prompt = StrictStr | Annotated[list[StrictStr], Field(min_length=1)] | TokenIds 
     Annotated[list[TokenIds], Field(min_length=1)]
 
 
-class CompletionRequest(SamplingFields):
+class CompletionRequest(NoSilentDrops, GuidedFields, SamplingFields):
     prompt: Prompt
     # 0 with echo: score the prompt, generate nothing (what OpenAI's legacy API and vLLM allow)
     max_tokens: Annotated[int, Field(ge=0)] | None = None
@@ -138,14 +141,21 @@ class CompletionRequest(SamplingFields):
 
 
 class TextPart(_Body):
-    type: Literal["text"]
+    type: Literal["text", "input_text", "output_text"]
     text: StrictStr
 
 
 class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant turns that called tools
+    tool_call_id: StrictStr | None = None  # role "tool": the call this result answers
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, v):
+        return check_parts(v)
 
     def text(self) -> str:
         if self.content is None:
@@ -155,11 +165,7 @@ class Message(_Body):
         return "".join(p.text for p in self.content)
 
 
-class ResponseFormat(_Body):
-    type: Literal["text"]
-
-
-class ChatRequest(SamplingFields):
+class ChatRequest(NoSilentDrops, GuidedFields, ToolFields, SamplingFields):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: StrictBool = False
