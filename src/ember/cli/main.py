@@ -23,7 +23,7 @@ app = typer.Typer(name="ember", no_args_is_help=True, add_completion=False, pret
                   help="Ember: train, fine-tune, evaluate, manage and serve language models, offline.")
 
 # Verb modules, each with `register(app)`; listed here so a newcomer sees every command group at a glance.
-VERB_MODULES = ["models", "generate", "serve", "keys", "train", "finetune", "evaluate"]
+VERB_MODULES = ["models", "generate", "serve", "keys", "train", "finetune", "evaluate", "jobs"]
 
 
 def _register_all() -> None:

@@ -31,7 +31,9 @@ from ember.server.pool import Pool
 
 log = logging.getLogger("ember.server")
 # Routers from other capabilities: (module, attribute); a module that has not landed yet is skipped.
-OPTIONAL_ROUTERS = [("ember.server.platform_api", "router"), ("ember.server.tasks_api", "router")]
+OPTIONAL_ROUTERS = [("ember.server.platform_api", "router"), ("ember.server.tasks_api", "router"),
+                    ("ember.server.files_api", "router"), ("ember.server.fine_tuning_api", "router"),
+                    ("ember.server.batches_api", "router"), ("ember.server.jobs_api", "router")]
 
 
 @dataclass
@@ -47,6 +49,7 @@ class ServeConfig:
     log_content: bool = False
     shutdown_timeout: float = 30.0
     quantize: str | None = None
+    workers: int = 1  # job slots of the worker this server runs (jobs/worker.py); 0: none
     settings: Settings | None = None
 
 
@@ -68,8 +71,17 @@ def _load_models(app: FastAPI) -> None:
 async def _lifespan(app: FastAPI):
     loader = asyncio.get_running_loop().run_in_executor(None, _load_models, app)
     app.state.loader = loader
+    worker = None
+    if app.state.config.workers > 0:
+        from ember.jobs.worker import Worker
+
+        worker = Worker(app.state.settings, app.state.config.workers, app=app,
+                        loop=asyncio.get_running_loop()).start()
+    app.state.worker = worker
     yield
     app.state.draining = True
+    if worker is not None:  # running jobs stop; resumable ones go back to the queue
+        await asyncio.get_running_loop().run_in_executor(None, worker.stop)
     if not loader.done():
         await loader
     app.state.pool.close()

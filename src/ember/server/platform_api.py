@@ -10,8 +10,9 @@
 
 Included by ember.server.app when present. Handlers are plain `def` (FastAPI runs them in its thread pool) so
 database work and evaluations never block the event loop. Everything reads and writes the registry database,
-so results survive restarts and are shared by every replica. Over HTTP an evaluation takes builtin tasks
-only: a path would let a client make the server read any YAML/JSONL file it can see.
+so results survive restarts and are shared by every replica. `POST /api/evals` queues an evaluation job
+(jobs/, also under /api/jobs): a builtin task or a task file uploaded through /v1/files, never a path (a path
+would let a client make the server read any YAML/JSONL file it can see).
 """
 
 from fastapi import APIRouter, Depends, Request
@@ -32,6 +33,7 @@ class EvalRequest(BaseModel):
     ref: str
     task: str = Field(description="builtin:perplexity | builtin:generate | builtin:classify | builtin:tag")
     limit: int | None = Field(default=None, ge=1)
+    data_file: str | None = None
 
 
 class AliasRequest(BaseModel):
@@ -112,12 +114,14 @@ def get_eval(run_id: int, request: Request, outputs: bool = False):
     return r
 
 
-@router.post("/evals")
+@router.post("/evals", status_code=201)
 def run_eval(body: EvalRequest, request: Request):
-    from ember.evaluate import runner
-    from ember.evaluate.tasks import load_task
+    """Queues an evaluation job (see /api/jobs); the run appears under GET /api/evals when it has finished."""
+    from ember.jobs import queue
+    from ember.server.files_api import owner_of
 
-    if not body.task.startswith("builtin:"):
-        raise InvalidRequest("over HTTP, task must be a builtin task (builtin:NAME); run other task files with "
-                             "`ember eval REF --task FILE.yaml` on the server", param="task")
-    return runner.run(body.ref, load_task(body.task), settings=_settings(request), limit=body.limit)
+    if not (body.task.startswith("builtin:") or body.task.startswith("file-")):
+        raise InvalidRequest("task must be a builtin task (builtin:NAME) or a task file uploaded with POST "
+                             "/v1/files (purpose evals; then also give data_file)", param="task")
+    spec = {"model": body.ref, "task": body.task, "data_file": body.data_file, "limit": body.limit}
+    return queue.submit("eval", spec, owner_of(request)[0], settings=_settings(request))

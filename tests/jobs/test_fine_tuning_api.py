@@ -1,0 +1,132 @@
+"""Fine-tuning jobs over HTTP with the official openai client, on a real `ember serve` with its job worker.
+
+A tiny random Llama (SmolLM2's tokenizer and chat template) stands in for a real base so that each job trains
+in seconds: the checks are about the job machinery (files, states, events, checkpoints, cancel, serving the
+result), not about what the model learns (tests/finetune covers that).
+"""
+
+import json
+import os
+import time
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def write_chat(path, n=8, bad_lines=()):
+    with open(path, "w") as f:
+        for i in range(n):
+            if i + 1 in bad_lines:
+                f.write('{"messages": [{"role": "user"}]}\n' if i % 2 else "not json\n")
+                continue
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"Say {i}."},
+                                             {"role": "assistant", "content": f"{i}, as asked."}]}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def jobs_home(tmp_path_factory, tiny_chat_dir):
+    from ember.config import Settings
+    from ember.store import registry
+
+    home = tmp_path_factory.mktemp("jobs-home")
+    registry.register_folder(tiny_chat_dir, "tiny", settings=Settings(home=home))
+    return home
+
+
+@pytest.fixture(scope="module")
+def served(start_server, jobs_home):
+    return start_server(jobs_home, "--model", "tiny", "--max-slots", 8)
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served.v1, api_key="unused", max_retries=0)
+
+
+def wait_for(fn, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def finished(client, job_id):
+    job = client.fine_tuning.jobs.retrieve(job_id)
+    return job if job.status in ("succeeded", "failed", "cancelled") else None
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Pids of live (non-zombie) processes in process group `pgid`."""
+    alive = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(d))
+    return alive
+
+
+def test_fine_tune_with_the_openai_client_then_chat_with_the_result(client, tmp_path):
+    f = client.files.create(file=write_chat(tmp_path / "train.jsonl"), purpose="fine-tune")
+    assert f.purpose == "fine-tune" and f.bytes > 0 and client.files.retrieve(f.id).filename == "train.jsonl"
+    assert f.id in [x.id for x in client.files.list()]
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="say",
+                                         hyperparameters={"n_epochs": 1, "batch_size": 4},
+                                         extra_body={"ember": {"max_steps": 4, "checkpoint_every": 2,
+                                                               "max_length": 64}})
+    assert job.status in ("queued", "running") and job.fine_tuned_model is None
+    job = wait_for(lambda: finished(client, job.id), 300, "the job to finish")
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model.startswith("tiny-ft-say:")
+    assert job.id in [j.id for j in client.fine_tuning.jobs.list()]
+
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    metrics = [e for e in events if e.type == "metrics"]
+    assert sorted(e.data["step"] for e in metrics) == [1, 2, 3, 4]
+    assert all(isinstance(e.data["train_loss"], float) for e in metrics)
+    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert sorted(c.step_number for c in ckpts) == [2, 4] and ckpts[0].metrics.train_loss is not None
+
+    reply = client.chat.completions.create(model=job.fine_tuned_model, max_tokens=3, temperature=0,
+                                           messages=[{"role": "user", "content": "Say 3."}])
+    assert reply.choices[0].message.content is not None and reply.usage.completion_tokens >= 1
+
+
+def test_bad_file_refused_at_upload_with_line_numbers(client, tmp_path):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(file=write_chat(tmp_path / "bad.jsonl", bad_lines=(3, 6)),
+                            purpose="fine-tune")
+    msg = e.value.body["message"] if isinstance(e.value.body, dict) else str(e.value)
+    assert "bad.jsonl:3" in msg and "bad.jsonl:6" in msg
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model="tiny", training_file="file-doesnotexist")
+    assert "file-doesnotexist" in str(e.value)
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.create(model="no-such-model", training_file="file-doesnotexist")
+
+
+def test_cancel_during_training_kills_the_process_group(client, served, tmp_path):
+    f = client.files.create(file=write_chat(tmp_path / "train.jsonl"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id,
+                                         extra_body={"ember": {"max_steps": 100000, "max_length": 64}})
+    wait_for(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data), 300,
+             "training steps")
+    pid = httpx.get(f"{served.url}/api/jobs/{job.id}").json()["pid"]
+    assert pid and group_alive(pid)
+    t0 = time.monotonic()
+    client.fine_tuning.jobs.cancel(job.id)
+    wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "cancelled", 10, "cancelled")
+    assert time.monotonic() - t0 < 10
+    wait_for(lambda: not group_alive(pid), 5, "the job's processes to be gone")
