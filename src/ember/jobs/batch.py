@@ -249,7 +249,8 @@ def run_in_child(ctx) -> dict:
     if app.state.load_error:
         raise InvalidRequest(f"cannot load the batch's models: {app.state.load_error}", param="model")
     try:
-        asyncio.run(process(app, lines, ctx.folder / "results.jsonl", app.state.config.max_slots,
+        concurrency = int(os.environ.get("EMBER_BATCH_CONCURRENCY") or app.state.config.max_slots)
+        asyncio.run(process(app, lines, ctx.folder / "results.jsonl", concurrency,
                             _progress(ctx.job, len(lines), ctx.settings)))
     finally:
         app.state.pool.close()

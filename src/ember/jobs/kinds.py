@@ -141,7 +141,7 @@ def check(kind: str, spec: dict, owner: str, settings=None) -> dict:
         config_cls = next(v for k, v in vars(module).items() if k.endswith("Config") and isinstance(v, type)
                           and v.__module__ == module.__name__)
         load_config(config_cls, None, [f"{k}={_yaml_value(v)}" for k, v in cfg.items()
-                                       if k not in ("data",)] + ["data=/nonexistent"])
+                                       if k not in ("data",)] + ["data=/nonexistent", "out=/nonexistent"])
     elif kind == "tokenizer":
         for f in spec.get("files") or [None]:
             _file(f, owner, ("train",), "files", settings)
