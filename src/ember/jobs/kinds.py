@@ -288,11 +288,7 @@ def _eval(spec: dict, ctx: Context) -> dict:
                                    limit=spec.get("limit"))}
 
 
-def _batch(spec: dict, ctx: Context) -> dict:
-    from ember.jobs import batch
-
-    return batch.run_in_child(ctx)
-
-
 RUNNERS = {"fine-tune": _fine_tune, "train-gpt": _train("train-gpt"), "train-bert": _train("train-bert"),
-           "tokenizer": _tokenizer, "data": _data, "eval": _eval, "batch": _batch}
+           "tokenizer": _tokenizer, "data": _data, "eval": _eval}
+# The child's module per kind: a batch runs through the server app, which lives above this layer.
+CHILD_MODULE = {"batch": "ember.server.batch_runner"}

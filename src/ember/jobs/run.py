@@ -1,6 +1,7 @@
 """The child process of one job: `python -m ember.jobs.run JOB_ID` (started by jobs/worker.py).
 
     python -m ember.jobs.run job-0123abcd...    # what the worker runs, in the job folder, in a new session
+    python -m ember.server.batch_runner batch_0123...   # batch jobs: the same protocol around the server app
 
 Runs the job's kind in this process (which leads its own process group), stores the result with the job and
 exits 0; a failure is written to `error.txt` (one line for the job's error) and exits non-zero. The worker
@@ -25,7 +26,8 @@ def _watch_parent(parent: int) -> None:
             os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
-def main(job_id: str) -> int:
+def main(job_id: str, runner=None) -> int:
+    """Run the job; `runner(job, ctx) -> result` replaces the kind's own (server/batch_runner.py uses it)."""
     from ember.config import get_settings
     from ember.errors import EmberError
     from ember.jobs import kinds
@@ -47,7 +49,7 @@ def main(job_id: str) -> int:
     try:
         if ctx.resume:
             event(f"attempt {job['attempts']}: resuming from {ctx.run_dir}")
-        result = kinds.run(job, ctx)
+        result = (runner or kinds.run)(job, ctx)
         jobs.set_result(job_id, result, settings)
         return 0
     except EmberError as e:

@@ -3,7 +3,7 @@
     ember worker --slots 2            # alone (any machine sharing the database)
     ember serve                       # starts one in the server process (--workers N, --no-workers)
 
-Each job runs as `python -m ember.jobs.run JOB_ID` with `start_new_session=True`: the child leads a new
+Each job runs as `python -m ember.jobs.run JOB_ID` (batches: `ember.server.batch_runner`) with `start_new_session=True`: the child leads a new
 process group, so cancelling kills the whole tree (torchrun and its ranks included) with one `killpg`.
 The worker renews a heartbeat for its jobs every second, turns the run folder's `metrics.jsonl` lines and
 new checkpoints into events as they appear, and records the outcome when the child exits.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ember.config import Settings, get_settings
 from ember.jobs import events as job_events
-from ember.jobs.kinds import RESUMABLE
+from ember.jobs.kinds import CHILD_MODULE, RESUMABLE
 from ember.store import jobs
 
 log = logging.getLogger("ember.jobs")
@@ -71,7 +71,7 @@ def _is_job_child(pid: int, job_id: str) -> bool:
             cmd = f.read()
     except OSError:
         return False
-    return b"ember.jobs.run" in cmd and job_id.encode() in cmd
+    return b"ember." in cmd and job_id.encode() in cmd.split(b"\0")
 
 
 def kill_group(pgid: int | None, sig: int = signal.SIGKILL) -> None:
@@ -94,10 +94,13 @@ class Active:
 
 
 class Worker:
-    def __init__(self, settings: Settings | None = None, slots: int = 1, *, app=None, loop=None):
+    def __init__(self, settings: Settings | None = None, slots: int = 1, *, pool=None,
+                 in_process: dict | None = None):
         self.settings = settings or get_settings()
         self.slots = max(1, slots)
-        self.app, self.loop = app, loop   # set inside `ember serve`: batches run on its engines
+        # Inside `ember serve`: its model pool (fine-tuned models are loaded before success is reported) and
+        # kind -> runner(job, folder) for jobs run in the server process itself (batches, on its engines).
+        self.pool, self.in_process = pool, in_process or {}
         self.id = f"{_host()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.active: dict[str, Active] = {}
         self._stop = threading.Event()
@@ -173,15 +176,14 @@ class Worker:
         folder = job_folder(self.settings, job["id"])
         folder.mkdir(parents=True, exist_ok=True)
         tail = job_events.Tail(job["id"], folder / "run", self.settings)
-        if job["kind"] == "batch" and self.app is not None:
-            from ember.jobs.batch import InServer
-
-            proc = InServer(job, folder, self.app, self.loop, self.settings)
+        if job["kind"] in self.in_process:
+            proc = self.in_process[job["kind"]](job, folder)
         else:
             env = {**os.environ, "EMBER_HOME": str(self.settings.home),
                    "EMBER_DATABASE_URL": self.settings.database_url, "EMBER_JOB_WORKER": self.id}
             with open(folder / "log.txt", "ab") as logf:
-                proc = subprocess.Popen([sys.executable, "-m", "ember.jobs.run", job["id"]], cwd=folder, env=env,
+                module = CHILD_MODULE.get(job["kind"], "ember.jobs.run")
+                proc = subprocess.Popen([sys.executable, "-m", module, job["id"]], cwd=folder, env=env,
                                         stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                         start_new_session=True)  # its own process group: killpg ends the tree
             jobs.set_pid(job["id"], proc.pid, self.settings)
@@ -212,7 +214,7 @@ class Worker:
     def _serve_result(self, job: dict) -> None:
         """Inside a server, load a fine-tuned model before the job reports success: it answers at once."""
         ref = (job.get("result") or {}).get("fine_tuned_model")
-        pool = getattr(getattr(self.app, "state", None), "pool", None)
+        pool = self.pool
         if not ref or pool is None or job["spec"].get("method_type", "supervised") != "supervised":
             return
         try:

@@ -74,9 +74,11 @@ async def _lifespan(app: FastAPI):
     worker = None
     if app.state.config.workers > 0:
         from ember.jobs.worker import Worker
+        from ember.server.batch_runner import in_server
 
-        worker = Worker(app.state.settings, app.state.config.workers, app=app,
-                        loop=asyncio.get_running_loop()).start()
+        batches = in_server(app, asyncio.get_running_loop(), app.state.settings)
+        worker = Worker(app.state.settings, app.state.config.workers, pool=app.state.pool,
+                        in_process={"batch": batches}).start()
     app.state.worker = worker
     yield
     app.state.draining = True
