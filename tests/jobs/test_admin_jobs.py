@@ -87,15 +87,15 @@ def test_tokenizer_data_pretraining_and_eval_jobs(start_server, home, tmp_path):
         assert httpx.post(f"{s.url}/api/jobs", json=bad).status_code == 400, bad
 
 
-def _worker(home, log):
-    env = {**os.environ, "EMBER_HOME": str(home), "EMBER_BATCH_CONCURRENCY": "2"}
+def _worker(home, log, concurrency):
+    env = {**os.environ, "EMBER_HOME": str(home), "EMBER_BATCH_CONCURRENCY": str(concurrency)}
     env.pop("EMBER_DATABASE_URL", None)
     return subprocess.Popen([EMBER, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def test_standalone_worker_killed_mid_batch_resumes_without_duplicates(start_server, home, tmp_path):
     s = start_server(home, "--model", "tiny", "--no-workers")
-    n = 400
+    n = 150
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/completions",
                                         "body": {"model": "tiny", "prompt": f"{i} then", "max_tokens": 4,
@@ -105,9 +105,9 @@ def test_standalone_worker_killed_mid_batch_resumes_without_duplicates(start_ser
     assert batch["status"] == "validating"  # queued: this server runs no jobs
 
     with open(tmp_path / "worker1.log", "wb") as log:
-        w1 = _worker(home, log)
+        w1 = _worker(home, log, 1)  # one line at a time: slow enough to be killed half-way
     try:
-        wait_for(lambda: httpx.get(f"{s.v1}/batches/{batch['id']}").json()["request_counts"]["completed"] >= 40,
+        wait_for(lambda: httpx.get(f"{s.v1}/batches/{batch['id']}").json()["request_counts"]["completed"] >= 20,
                  300, "part of the batch")
         pid = httpx.get(f"{s.url}/api/jobs/{batch['id']}").json()["pid"]
         w1.send_signal(signal.SIGKILL)
@@ -118,7 +118,7 @@ def test_standalone_worker_killed_mid_batch_resumes_without_duplicates(start_ser
     finally:
         w1.kill()
     with open(tmp_path / "worker2.log", "wb") as log:
-        w2 = _worker(home, log)
+        w2 = _worker(home, log, 16)
     try:
         done = wait_for(lambda: (b := httpx.get(f"{s.v1}/batches/{batch['id']}").json())["status"] in
                         ("completed", "failed") and b, 300, "the resumed batch")

@@ -3,6 +3,7 @@ for line (matched by custom_id), exactly what the same requests give synchronous
 refused at upload with their line numbers. A tiny random Llama keeps 200 greedy requests (1-4 tokens) cheap.
 """
 
+import asyncio
 import json
 
 import httpx
@@ -21,7 +22,7 @@ def served(start_server, tmp_path_factory, tiny_chat_dir):
 
     home = tmp_path_factory.mktemp("batch-home")
     registry.register_folder(tiny_chat_dir, "tiny", settings=Settings(home=home))
-    return start_server(home, "--model", "tiny", "--max-slots", 8)
+    return start_server(home, "--model", "tiny", "--max-slots", 16, env={"EMBER_BATCH_CONCURRENCY": "8"})
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +55,20 @@ def test_batch_outputs_equal_synchronous_greedy_requests(client, served, tmp_pat
     assert len(results) == N and len({r["custom_id"] for r in results}) == N
     by_id = {r["custom_id"]: r["response"]["body"] for r in results}
 
-    with httpx.Client(base_url=served.v1, timeout=60) as http:
-        for line in lines(N):
-            sync = http.post("/chat/completions", json=line["body"]).json()
-            got = by_id[line["custom_id"]]
-            assert got["choices"][0]["message"] == sync["choices"][0]["message"], line["custom_id"]
-            assert got["choices"][0]["finish_reason"] == sync["choices"][0]["finish_reason"]
-            assert got["usage"]["completion_tokens"] == sync["usage"]["completion_tokens"]
+    async def synchronous():
+        async with httpx.AsyncClient(base_url=served.v1, timeout=120) as http:
+            limit = asyncio.Semaphore(8)
+
+            async def one(body):
+                async with limit:
+                    return (await http.post("/chat/completions", json=body)).json()
+            return await asyncio.gather(*(one(line["body"]) for line in lines(N)))
+
+    for line, sync in zip(lines(N), asyncio.run(synchronous())):
+        got = by_id[line["custom_id"]]
+        assert got["choices"][0]["message"] == sync["choices"][0]["message"], line["custom_id"]
+        assert got["choices"][0]["finish_reason"] == sync["choices"][0]["finish_reason"]
+        assert got["usage"]["completion_tokens"] == sync["usage"]["completion_tokens"]
 
 
 def test_bad_batch_file_refused_with_line_numbers(client, tmp_path):
