@@ -72,6 +72,12 @@ def test_bad_file_refused_at_upload_with_line_numbers(client, tmp_path):
     assert "file-doesnotexist" in str(e.value)
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.create(model="no-such-model", training_file="file-doesnotexist")
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n')
+    f = client.files.create(file=labelled, purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as e:  # classification data for a chat fine-tune
+        client.fine_tuning.jobs.create(model="tiny", training_file=f.id)
+    assert "classify" in str(e.value)
 
 
 def test_cancel_during_training_kills_the_process_group(client, served, tmp_path):

@@ -23,6 +23,8 @@ from ember.errors import InvalidRequest, NotFound
 RESUMABLE = {"fine-tune", "train-gpt", "train-bert", "batch"}
 ADMIN_KINDS = ("tokenizer", "data", "train-gpt", "train-bert", "eval")
 FT_METHODS = ("supervised", "classification", "tagging")
+FT_FORMATS = {"supervised": ("chat", "completion", "alpaca"), "classification": ("classify",),
+              "tagging": ("conll",)}
 FT_BASE_LR = {"supervised": 2e-4, "classification": 5e-5, "tagging": 5e-5}
 
 
@@ -122,6 +124,10 @@ def check(kind: str, spec: dict, owner: str, settings=None) -> dict:
         if spec.get("validation_file"):
             _file(spec["validation_file"], owner, ("fine-tune",), "validation_file", settings)
         spec["training_lines"] = (tf.get("metadata") or {}).get("lines")
+        fmt = (tf.get("metadata") or {}).get("format")
+        if fmt and fmt not in FT_FORMATS[method]:
+            raise InvalidRequest(f"training_file {tf['id']} is {fmt} data; method.type {method} takes "
+                                 f"{' or '.join(FT_FORMATS[method])} files", param="training_file")
         finetune_config(spec, None, settings)
     elif kind in ("train-gpt", "train-bert"):
         cfg = spec.get("config")

@@ -120,7 +120,7 @@ class Worker:
                 self.tick()
             except Exception:
                 log.exception("job worker tick failed")
-            self._stop.wait(0.5)
+            self._stop.wait(0.5 if self.active else 1.0)  # idle: one claim query a second
         self._shutdown()
 
     def stop(self, wait: bool = True) -> None:
@@ -156,7 +156,7 @@ class Worker:
             if job is None:
                 break
             self._launch(job)
-        if now - self._last_beat >= HEARTBEAT_S:
+        if self.active and now - self._last_beat >= HEARTBEAT_S:
             self._last_beat = now
             mine = {j["id"]: j for j in jobs.heartbeat(self.id, self.settings)}
             for job_id, a in list(self.active.items()):
