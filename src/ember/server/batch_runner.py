@@ -6,7 +6,8 @@
 Each line's body goes through the very route an interactive request takes (an in-process ASGI call: the
 same validation, sampling and response shapes), so a greedy batch line gives exactly the synchronous
 response. Inside `ember serve` the batch feeds the served engines with at most EMBER_BATCH_CONCURRENCY
-(default 4) requests in flight, so most of the engine's slots stay free for interactive traffic; the server
+(default 4) requests in flight, and with one while interactive requests are running or waiting (`process`,
+`shared`), so most of the engine's slots and steps stay with interactive traffic; the server
 hands the worker `in_server(app, loop)` for that. Under `ember worker` (no server) the job's child process
 builds the same app around the models the lines name. Results go to the job folder (jobs/batch.py).
 """
@@ -54,9 +55,22 @@ async def _one(client, line: str) -> dict:
     return rec
 
 
-async def process(app, lines: list[str], results: Path, concurrency: int, on_progress=None) -> None:
-    """Run lines [done:] through `app` with at most `concurrency` in flight; append results in input order."""
+async def process(app, lines: list[str], results: Path, concurrency: int, on_progress=None,
+                  shared: bool = False) -> None:
+    """Run lines [done:] through `app` with at most `concurrency` in flight; append results in input order.
+
+    `shared`: the app also serves interactive requests. While any is running or waiting, the batch starts no
+    new line until its own in-flight lines are down to one: no batch prefill competes with theirs, and the
+    batch still moves (it never starves).
+    """
     import httpx
+
+    def limit() -> int:
+        if not shared:
+            return concurrency
+        mine = sum(not t.done() for t in pending)
+        everyone = sum(m.admission.running + m.admission.waiting for m in app.state.pool.all())
+        return 1 if everyone > mine else concurrency
 
     start = done_lines(results)
     transport = httpx.ASGITransport(app=_internal(app))
@@ -66,7 +80,8 @@ async def process(app, lines: list[str], results: Path, concurrency: int, on_pro
         nxt = start
         try:
             for i in range(start, len(lines)):
-                while nxt < len(lines) and len(pending) < concurrency:
+                while nxt < len(lines) and len(pending) < concurrency and \
+                        sum(not t.done() for t in pending) < limit():
                     pending.append(asyncio.create_task(_one(client, lines[nxt])))
                     nxt += 1
                 rec = await pending.pop(0)
@@ -108,7 +123,7 @@ class InServer:
     async def _main(self) -> None:
         lines = await asyncio.to_thread(prepare, self.folder, self.job, self.settings)
         await process(self.app, lines, self.folder / "results.jsonl", self.concurrency,
-                      _progress(self.job, len(lines), self.settings))
+                      _progress(self.job, len(lines), self.settings), shared=True)
         result = await asyncio.to_thread(finish, self.folder, self.job, self.settings)
         await asyncio.to_thread(jobs.set_result, self.job["id"], result, self.settings)
 
