@@ -5,6 +5,7 @@ in seconds: the checks are about the job machinery (files, states, events, check
 result), not about what the model learns (tests/finetune covers that).
 """
 
+import json
 import time
 
 import httpx
@@ -16,12 +17,13 @@ pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
-def jobs_home(tmp_path_factory, tiny_chat_dir):
+def jobs_home(tmp_path_factory, tiny_chat_dir, minilm_dir):
     from ember.config import Settings
-    from ember.store import registry
+    from ember.store import importers, registry
 
     home = tmp_path_factory.mktemp("jobs-home")
     registry.register_folder(tiny_chat_dir, "tiny", settings=Settings(home=home))
+    importers.import_path(minilm_dir, "minilm-l6-v2", settings=Settings(home=home))
     return home
 
 
@@ -93,3 +95,16 @@ def test_cancel_during_training_kills_the_process_group(client, served, tmp_path
     wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status == "cancelled", 10, "cancelled")
     assert time.monotonic() - t0 < 10
     wait_for(lambda: not group_alive(pid), 5, "the job's processes to be gone")
+
+
+def test_classification_job_through_method_type(client, tmp_path):
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{w} day number {i}", "label": lab}) + "\n"
+                            for i in range(8) for w, lab in (("great", "pos"), ("awful", "neg"))))
+    f = client.files.create(file=path, purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="minilm-l6-v2", training_file=f.id, method={"type": "classification"},
+                                         hyperparameters={"batch_size": 4},
+                                         extra_body={"ember": {"max_steps": 2, "max_length": 32}})
+    job = wait_for(lambda: finished(client, job.id), 300, "the classification job")
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model.startswith("minilm-l6-v2-ft-") and job.method.type == "classification"
