@@ -6,8 +6,8 @@ A served model's id (in /v1/models and in responses) is the reference it was sta
 typed: that is the name clients already know. A request may also name it by any other reference to the
 same version (`name`, `name:N`, `name@alias`); those are resolved through the registry (cached briefly)
 and matched by version. Decoder models (llama, mistral, gpt2) serve completions and chat; encoder models
-(BERT family) serve embeddings. A registered version not named at start (a fine-tuning job's result) is
-loaded on demand (`ensure`), up to MAX_ON_DEMAND of them.
+(BERT family) serve embeddings. A registered version not named at start that descends from a served model
+(a fine-tuning job's result) is loaded on demand (`ensure`), up to MAX_ON_DEMAND of them.
 """
 
 import logging
@@ -159,6 +159,18 @@ class Pool:
                 self._loading.pop(version, None)
             event.set()
 
+    def _derived(self, name: str) -> bool:
+        """Whether `name` descends from a served model (a fine-tune of it): only those load on demand, so a
+        request cannot make the server load any model of the registry."""
+        from ember.store import registry
+
+        try:
+            lineage = registry.resolve(name, self.settings).lineage
+        except EmberError:
+            return False
+        served = {m.ref for m in self.models.values()}
+        return any(ref in served for ref in lineage)
+
     def _load_in_background(self, name: str, version: str) -> None:
         from ember.server.errors import NotReady
 
@@ -205,7 +217,7 @@ class Pool:
         if served is None:
             version = self._version_of(name)
             served = next((m for m in self.models.values() if version and m.ref == version), None)
-            if served is None and version is not None and self.ready:
+            if served is None and version is not None and self.ready and self._derived(name):
                 self._load_in_background(name, version)
         if served is None:
             raise NotFound(f"the model {name!r} does not exist or is not served here (see /v1/models)",
