@@ -2,6 +2,7 @@
 
     ember serve                                              # the two bundled models on 127.0.0.1:8000
     ember serve --model smollm2-135m-instruct --model my-model@production --port 9000 --require-key
+    ember serve --no-workers                                 # inference only: jobs run on other replicas
 
 With no --model it serves smollm2-135m-instruct and minilm-l6-v2, pulling them from the bundled catalog on
 the first start. Stop it with Ctrl-C or SIGTERM: in-flight requests get --shutdown-timeout seconds to finish.
@@ -60,7 +61,11 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
                                                  help="Seconds in-flight requests get on SIGTERM."),
           max_body_mb: float = typer.Option(4.0, "--max-body-mb", help="Largest request body; beyond it: 413."),
           quantize: str = typer.Option(None, "--quantize", help="Weight quantization for decoders: int8."),
-          threads: int = typer.Option(0, "--threads", help="Torch threads (0: the engine's default).")):
+          threads: int = typer.Option(0, "--threads", help="Torch threads (0: the engine's default)."),
+          workers: int = typer.Option(1, "--workers", min=0,
+                                      help="Jobs (fine-tuning, training, batches) this server runs at once."),
+          no_workers: bool = typer.Option(False, "--no-workers",
+                                          help="Run no jobs here (a pure inference replica).")):
     """Serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings, streaming)."""
     from ember.config import get_settings
     from ember.errors import InvalidRequest
@@ -79,7 +84,8 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
     cfg = ServeConfig(models=list(model or []), host=host, port=port, max_slots=max_slots, max_queue=max_queue,
                       max_seq_len=max_seq_len, max_body_bytes=int(max_body_mb * 1024 * 1024),
                       require_key=require_key, log_content=log_content, shutdown_timeout=shutdown_timeout,
-                      quantize=quantize, settings=settings, redact_content=not no_redact,
+                      quantize=quantize, workers=0 if no_workers else workers, settings=settings,
+                      redact_content=not no_redact,
                       allowed_hosts=split(allowed_hosts) or None, allowed_origins=split(allowed_origins),
                       max_queue_per_key=max_queue_per_key, max_connections=max_connections,
                       keep_alive_timeout=keep_alive_timeout, header_timeout=header_timeout, body_timeout=body_timeout,

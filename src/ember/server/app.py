@@ -38,7 +38,8 @@ from ember.server.pool import Pool
 log = logging.getLogger("ember.server")
 # Every route of the server, one router per module (imported when an app is created).
 ROUTERS = ["ember.server.openai_api", "ember.server.responses_api", "ember.server.tasks_api",
-           "ember.server.rerank_api", "ember.server.platform_api", "ember.server.usage_api"]
+           "ember.server.rerank_api", "ember.server.files_api", "ember.server.fine_tuning_api",
+           "ember.server.batches_api", "ember.server.platform_api", "ember.server.jobs_api", "ember.server.usage_api"]
 
 
 @dataclass
@@ -55,6 +56,7 @@ class ServeConfig:
     redact_content: bool = True  # with log_content: e-mails, phones, cards, IBANs, IPs, secrets masked
     shutdown_timeout: float = 30.0
     quantize: str | None = None
+    workers: int = 1  # job slots of the worker this server runs (jobs/worker.py); 0: none
     settings: Settings | None = None
     allowed_hosts: list[str] | None = None  # None: loopback names when bound to loopback, else any
     allowed_origins: list[str] = field(default_factory=list)  # CORS; none by default
@@ -86,8 +88,19 @@ def _load_models(app: FastAPI) -> None:
 async def _lifespan(app: FastAPI):
     loader = asyncio.get_running_loop().run_in_executor(None, _load_models, app)
     app.state.loader = loader
+    worker = None
+    if app.state.config.workers > 0:
+        from ember.jobs.worker import Worker
+        from ember.server.batch_runner import in_server
+
+        batches = in_server(app, asyncio.get_running_loop(), app.state.settings)
+        worker = Worker(app.state.settings, app.state.config.workers, pool=app.state.pool,
+                        in_process={"batch": batches}).start()
+    app.state.worker = worker
     yield
     app.state.draining = True
+    if worker is not None:  # running jobs stop; resumable ones go back to the queue
+        await asyncio.get_running_loop().run_in_executor(None, worker.stop)
     if not loader.done():
         await loader
     app.state.pool.close()

@@ -10,8 +10,9 @@
 
 Included by ember.server.app when present. Handlers are plain `def` (FastAPI runs them in its thread pool) so
 database work and evaluations never block the event loop. Everything reads and writes the registry database,
-so results survive restarts and are shared by every replica. Over HTTP an evaluation takes builtin tasks
-only: a path would let a client make the server read any YAML/JSONL file it can see.
+so results survive restarts and are shared by every replica. `POST /api/evals` queues an evaluation job
+(jobs/, also under /api/jobs): a builtin task or a task file uploaded through /v1/files, never a path (a path
+would let a client make the server read any YAML/JSONL file it can see).
 """
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -54,8 +55,9 @@ def _public(d: dict) -> dict:
 class EvalRequest(BaseModel):
     ref: str = Field(max_length=300)
     task: str = Field(max_length=300,
-                      description="builtin:perplexity | builtin:generate | builtin:classify | builtin:tag")
+                      description="builtin:perplexity | builtin:generate | builtin:classify | builtin:tag | file-ID")
     limit: int | None = Field(default=None, ge=1, le=1_000_000)
+    data_file: str | None = Field(default=None, max_length=300)
 
 
 class AliasRequest(BaseModel):
@@ -137,13 +139,15 @@ def get_eval(request: Request, run_id: int = Path(ge=1, lt=2**63), outputs: bool
     return r
 
 
-@router.post("/evals")
+@router.post("/evals", status_code=201)
 def run_eval(body: EvalRequest, request: Request):
-    from ember.evaluate import runner
-    from ember.evaluate.tasks import load_task
+    """Queues an evaluation job (see /api/jobs); the run appears under GET /api/evals when it has finished."""
+    from ember.jobs import queue
+    from ember.server.files_api import owner_of
 
-    if not body.task.startswith("builtin:"):
-        raise InvalidRequest("over HTTP, task must be a builtin task (builtin:NAME); run other task files with "
-                             "`ember eval REF --task FILE.yaml` on the server", param="task")
+    if not (body.task.startswith("builtin:") or body.task.startswith("file-")):
+        raise InvalidRequest("task must be a builtin task (builtin:NAME) or a task file uploaded with POST "
+                             "/v1/files (purpose evals; then also give data_file)", param="task")
+    spec = {"model": body.ref, "task": body.task, "data_file": body.data_file, "limit": body.limit}
     with _as_key(request):
-        return runner.run(body.ref, load_task(body.task), settings=_settings(request), limit=body.limit)
+        return queue.submit("eval", spec, owner_of(request)[0], settings=_settings(request))

@@ -294,6 +294,8 @@ def delete(ref: str, settings: Settings | None = None) -> VersionInfo:
 
 def gc(settings: Settings | None = None) -> int:
     """Delete blobs no version references; returns how many. Skipped while an import is writing blobs."""
+    from ember.store import files as uploads
+
     settings = settings or get_settings()
     with gc_lock(settings, exclusive=True) as got:
         if not got:
@@ -301,6 +303,7 @@ def gc(settings: Settings | None = None) -> int:
         with db.session(settings) as s:
             used = set(s.scalars(select(db.File.digest).distinct()))
             used |= {d for d in s.scalars(select(db.EvalRun.outputs_digest)) if d}
+            used |= uploads.digests(s)
         orphans = blobs.all_digests(settings) - used
         for d in orphans:
             blobs.delete(d, settings)
