@@ -16,7 +16,6 @@ files; an admin key sees every file; with keys off everything belongs to one own
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from ember.errors import InvalidRequest
+from ember.jobs.file_checks import validate
 from ember.server.auth import bearer, require_scope
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_scope("inference"))])
@@ -54,89 +54,6 @@ def visible_owner(request: Request) -> str | None:
 def _safe_name(name: str | None) -> str:
     base = Path(name or "upload").name
     return re.sub(r"[^A-Za-z0-9._-]", "_", base)[:200] or "upload"
-
-
-def validate(path: Path, purpose: str) -> dict:
-    """Check a file for its purpose; returns metadata stored with it. Bad lines: InvalidRequest naming them."""
-    if purpose == "fine-tune":
-        return _fine_tune(path)
-    if purpose == "batch":
-        from ember.jobs.batch import validate_file
-
-        return validate_file(path)
-    if purpose == "evals":
-        return _evals(path)
-    if purpose == "train":
-        try:
-            with open(path, encoding="utf-8") as fh:
-                lines = sum(1 for _ in fh)
-        except UnicodeDecodeError:
-            raise InvalidRequest("a training corpus must be UTF-8 text", param="file") from None
-        return {"lines": lines}
-    return {}
-
-
-def _first_line(path: Path) -> str:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if line.strip():
-                return line.strip()
-    raise InvalidRequest("the file is empty", param="file")
-
-
-def _fine_tune(path: Path) -> dict:
-    from ember.finetune import formats
-
-    if not _first_line(path).startswith("{"):
-        from ember.finetune.tag import read_conll
-
-        data = read_conll(path, max_bad_fraction=0.0)
-        if data.bad:
-            raise InvalidRequest(f"{len(data.bad)} bad line(s) in {path.name}:\n"
-                                 + "\n".join(f"  {path.name}:{n}: {why}" for n, why in data.bad[:20]), param="file")
-        return {"format": "conll", "lines": len(data.sentences)}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        kind = "sft"
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and {"text", "label"} <= rec.keys():
-                kind = "classify"
-            break
-    # Every line must be good at upload (training would skip bad ones): no bad fraction is tolerated.
-    data = formats.read_jsonl(path, kind, max_bad_fraction=0.0)
-    return {"format": data.format, "lines": len(data.records)}
-
-
-def _evals(path: Path) -> dict:
-    import yaml
-
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise InvalidRequest(f"{path.name} is not valid YAML: {e}", param="file") from None
-        if not isinstance(doc, dict):
-            raise InvalidRequest(f"{path.name}: a task file is a mapping of keys to values", param="file")
-        return {"format": "task"}
-    bad, n = [], 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            n += 1
-            try:
-                ok = isinstance(json.loads(line), dict)
-            except ValueError:
-                ok = False
-            if not ok:
-                bad.append(f"  {path.name}:{lineno}: not a JSON object")
-    if bad or not n:
-        raise InvalidRequest(f"{len(bad)} bad line(s) in {path.name}:\n" + "\n".join(bad[:20]) if bad
-                             else "the file is empty", param="file")
-    return {"format": "jsonl", "lines": n}
 
 
 @router.post("/files")
