@@ -9,7 +9,6 @@ import subprocess
 import time
 
 
-
 def _lines(n_good_before_bad=20, total=50):
     out = []
     for i in range(total):

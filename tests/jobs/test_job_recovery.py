@@ -69,7 +69,7 @@ def test_a_dead_workers_jobs_are_resumed_or_failed_with_the_reason(ember_home, t
     ft = queue.submit("fine-tune", {"model": "tiny", "training_file": fid, "output_name": "tiny-ft-x"}, "local")
     ev = queue.submit("eval", {"model": "tiny", "task": "builtin:generate"}, "local")
     dead = f"{os.uname().nodename}:999999999:abc"  # this host, a pid that cannot exist
-    for j in (ft, ev):
+    for _ in (ft, ev):
         assert jobs.claim(dead)["worker"] == dead
     Worker().recover()
     ft, ev = jobs.get(ft["id"]), jobs.get(ev["id"])

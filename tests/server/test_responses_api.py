@@ -80,7 +80,8 @@ def test_stream_events_and_text_format(client):
 
     schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]}
     r = client.responses.create(model=MODEL, input="Name a city.", max_output_tokens=30, temperature=1.0,
-                                extra_body={"seed": 2}, text={"format": {"type": "json_schema", "name": "c", "schema": schema}})
+                                extra_body={"seed": 2},
+                                text={"format": {"type": "json_schema", "name": "c", "schema": schema}})
     assert r.status == "completed" and isinstance(json.loads(r.output_text)["city"], str)
 
 

@@ -143,8 +143,9 @@ def test_pathological_schema_and_regex_are_400_fast_while_a_stream_flows(client)
     got = []
 
     def stream():
-        for chunk in client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Tell a story."}],
-                                                    max_tokens=48, temperature=0, stream=True):
+        for _chunk in client.chat.completions.create(model=MODEL,
+                                                     messages=[{"role": "user", "content": "Tell a story."}],
+                                                     max_tokens=48, temperature=0, stream=True):
             got.append(time.monotonic())
 
     t = threading.Thread(target=stream)

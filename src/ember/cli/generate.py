@@ -115,8 +115,7 @@ def chat(ref: str = typer.Argument(..., help="Model reference or HF folder (need
          local: bool = LOCAL):
     """Interactive chat: streams each answer, keeps the history. /reset clears it, /exit or Ctrl-D ends,
     Ctrl-C stops an answer."""
-    from ember.cli import chat_repl
-    from ember.cli import remote as api
+    from ember.cli import chat_repl, remote as api
     from ember.config import get_settings
 
     constraint = _constraint(json_schema, regex, choice)

@@ -148,7 +148,8 @@ def history(name_at_alias: str = typer.Argument(..., metavar="NAME@ALIAS"), as_j
         return print_json(events)
     table(f"{name}@{al}", [Col("at", full=True), Col("action", full=True), Col("from", full=True),
                            Col("to", full=True), Col("actor", drop=2), Col("detail", drop=1)],
-          [[e["at"][:19].replace("T", " "), e["action"], e["from"], e["to"], e["actor"], _detail(e["detail"])] for e in events])
+          [[e["at"][:19].replace("T", " "), e["action"], e["from"], e["to"], e["actor"], _detail(e["detail"])]
+           for e in events])
 
 
 def _detail(detail) -> str:

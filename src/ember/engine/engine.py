@@ -27,11 +27,10 @@ import torch
 from ember.engine import beam, compute, structured
 from ember.engine.chat_render import render_ids
 from ember.engine.detok import Detokenizer
-from ember.models.attention import make_batch
 from ember.engine.sampling import SamplingParams, sample, seeded_generator, token_logprobs
-from ember.engine.scheduler import (Choice, Completion, Delta, Request, Scheduler, SchedulerOutput, Sequence,
-                                    Usage)
+from ember.engine.scheduler import Choice, Completion, Delta, Request, Scheduler, SchedulerOutput, Sequence, Usage
 from ember.errors import InvalidRequest, Overloaded
+from ember.models.attention import make_batch
 from ember.models.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 
 from ember.config import Settings, get_settings
-from ember.engine import compute
 from ember.errors import InvalidRequest
 from ember.evaluate import metrics as M
 from ember.evaluate.tasks import Task, load_examples, render

@@ -1,7 +1,8 @@
 """Submitting, watching and cancelling jobs: what the HTTP routes and `ember jobs` call.
 
     ember jobs list / show JOB / logs JOB / cancel JOB
-    curl -X POST localhost:8000/api/jobs -d '{"kind": "eval", "model": "smollm2-135m-instruct", "task": "builtin:generate"}'
+    curl -X POST localhost:8000/api/jobs --json \
+         '{"kind": "eval", "model": "smollm2-135m-instruct", "task": "builtin:generate"}'
 
 `submit` checks the request for its kind (jobs/kinds.py) before anything is queued, so a job that cannot
 run is a 400 at once. `cancel` cancels a queued job at once; a running job is flagged and its worker kills

@@ -3,8 +3,9 @@
     ember worker --slots 2            # alone (any machine sharing the database)
     ember serve                       # starts one in the server process (--workers N, --no-workers)
 
-Each job runs as `python -m ember.jobs.run JOB_ID` (batches: `ember.server.batch_runner`) with `start_new_session=True`: the child leads a new
-process group, so cancelling kills the whole tree (torchrun and its ranks included) with one `killpg`.
+Each job runs as `python -m ember.jobs.run JOB_ID` (batches: `ember.server.batch_runner`) with
+`start_new_session=True`: the child leads a new process group, so cancelling kills the whole tree
+(torchrun and its ranks included) with one `killpg`.
 The worker renews a heartbeat for its jobs every second, turns the run folder's `metrics.jsonl` lines and
 new checkpoints into events as they appear, and records the outcome when the child exits.
 

@@ -28,8 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ember.config import Settings, get_settings
-from ember.server import errors, metrics as metrics_mod
-from ember.server import limits as limits_mod
+from ember.server import errors, limits as limits_mod, metrics as metrics_mod
 from ember.server.auth import Auth, require_scope
 from ember.server.hosts import RequestGuard, default_allowed_hosts
 from ember.server.middleware import BodyLimit, RequestLog

@@ -1,7 +1,8 @@
 """OpenAI's response shapes for completions and chat completions, whole and as stream chunks.
 
     curl -N localhost:8000/v1/chat/completions --json '{"messages": [...], "stream": true}'
-    # data: {"id":"chatcmpl-..","object":"chat.completion.chunk",..,"choices":[{"index":0,"delta":{"role":"assistant","content":""},..}]}
+    # data: {"id":"chatcmpl-..","object":"chat.completion.chunk",..,
+    #        "choices":[{"index":0,"delta":{"role":"assistant","content":""},..}]}
 
 Choice indices: prompt p, choice j of n -> index p * n + j (what OpenAI does for a list of prompts).
 With `echo` and `logprobs` a completion's logprobs start with the prompt's tokens (the first one null), as

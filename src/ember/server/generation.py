@@ -73,7 +73,10 @@ class Run:
                 fut = loop.run_in_executor(None, engine.beam_search, ids, self.params, self._cancel.is_set)
                 fut.add_done_callback(lambda f, pi=pi, rid=rid: q.put_nowait(("beam", pi, rid, f)))
                 continue
-            cb = (lambda d, pi=pi: loop.call_soon_threadsafe(q.put_nowait, ("delta", pi, None, d)))
+
+            def cb(d, pi=pi):
+                loop.call_soon_threadsafe(q.put_nowait, ("delta", pi, None, d))
+
             try:
                 engine.add_request(ids, self.params, cb, request_id=rid)
             except BaseException:

@@ -193,7 +193,8 @@ class Builder:
 
     def response(self, status: str, run=None, reason: str | None = None) -> dict:
         b = self.body
-        fmt = b.text.format.model_dump(by_alias=True, exclude_none=True) if b.text and b.text.format else {"type": "text"}
+        fmt = (b.text.format.model_dump(by_alias=True, exclude_none=True) if b.text and b.text.format
+               else {"type": "text"})
         usage = None
         if run is not None:
             usage = {"input_tokens": run.prompt_tokens, "input_tokens_details": {"cached_tokens": run.cached_tokens},

@@ -14,11 +14,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
-from ember.server.structured_schemas import (GuidedFields, NoSilentDrops, ResponseFormat, ToolCall, ToolFields,
-                                             check_parts)
-
 from ember.engine.sampling import SamplingParams
 from ember.errors import InvalidRequest
+from ember.server.structured_schemas import (
+    GuidedFields,
+    NoSilentDrops,
+    ResponseFormat,
+    ToolCall,
+    ToolFields,
+    check_parts,
+)
 
 Prob = Annotated[float, Field(ge=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]

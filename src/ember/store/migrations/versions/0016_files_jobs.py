@@ -4,9 +4,8 @@ Revision ID: 0016
 Revises: 0001
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0016'
 down_revision = '0012'
