@@ -23,8 +23,9 @@ def served(tmp_path_factory, tiny_chat_dir, start_server):
     registry.register_folder(tiny_chat_dir, "tiny", settings=settings)
     registry.register_folder(tiny_chat_dir, "tiny", settings=settings)  # tiny = tiny:2; tiny:1 is not served
     _, secret = keys.create("cli", "inference", settings)
+    _, admin = keys.create("ops", "admin", settings)  # /metrics is admin-only once keys exist
     server = start_server(home, "--model", "tiny", "--max-slots", "4")
-    server.headers = {"Authorization": f"Bearer {secret}"}
+    server.headers = {"Authorization": f"Bearer {admin}"}
     server.env = {"EMBER_HOME": str(home), "EMBER_HOST": server.url, "EMBER_API_KEY": secret}
     return server
 
@@ -47,8 +48,9 @@ def test_generate_goes_through_the_server_and_matches_local(run_cli, served):
     assert r.returncode == 0, r.stderr
     assert "note:" not in r.stderr  # no fallback
     assert _served_requests(served) == before + 1
-    print(f"ember generate through the server: {wall:.2f}s wall")  # the report quotes this (pytest -s)
-    assert wall < 5, f"the CLI took {wall:.1f}s through a running server"
+    # Speed is measured (bench/cli_bench.py), not asserted; the CLI's path to the server loads no torch
+    # (tests/cli/test_usage.py::test_cli_imports_no_torch).
+    print(f"ember generate through the server: {wall:.2f}s wall")
     # Greedy: the server's answer is exactly what the in-process engine gives.
     local = run_cli("generate", "tiny", "Hello there", "--max-tokens", "8", "--local", env=served.env)
     assert local.returncode == 0, local.stderr
