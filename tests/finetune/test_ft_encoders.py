@@ -93,7 +93,7 @@ def test_classify_and_tag_routes(classifier, use_ft_home):
     clf_ref, ner_ref = classifier["clf"]["ref"], classifier["ner"]["ref"]
     rank_ref = classifier["ranker"]["ref"]
     app = create_app(ServeConfig(models=[clf_ref, ner_ref, rank_ref]))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost") as client:  # a loopback Host (server/hosts.py)
         deadline = time.monotonic() + 300
         while client.get("/ready").status_code != 200:
             assert time.monotonic() < deadline, client.get("/ready").json()

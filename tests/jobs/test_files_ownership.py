@@ -16,7 +16,7 @@ def test_a_key_sees_only_its_own_files_and_jobs(tiny_model, tmp_path):
     _, b = keys.create("b", "inference")
     _, admin = keys.create("admin", "admin")
     ha, hb, hadmin = ({"Authorization": f"Bearer {k}"} for k in (a, b, admin))
-    client = TestClient(create_app(ServeConfig(models=["tiny"])))
+    client = TestClient(create_app(ServeConfig(models=["tiny"])), base_url="http://localhost")
     path = write_chat(tmp_path / "train.jsonl")
     with open(path, "rb") as fh:
         r = client.post("/v1/files", headers=ha, files={"file": ("train.jsonl", fh)}, data={"purpose": "fine-tune"})
