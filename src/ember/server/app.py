@@ -31,7 +31,8 @@ from ember.server.pool import Pool
 
 log = logging.getLogger("ember.server")
 # Every route of the server, one router per module (imported when an app is created).
-ROUTERS = ["ember.server.openai_api", "ember.server.tasks_api", "ember.server.rerank_api", "ember.server.platform_api"]
+ROUTERS = ["ember.server.openai_api", "ember.server.tasks_api", "ember.server.rerank_api", "ember.server.platform_api",
+           "ember.server.admin_api"]
 
 
 @dataclass
@@ -117,6 +118,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     for module in ROUTERS:
         app.include_router(importlib.import_module(module).router)
+    from ember.server import console  # the web console at /ui (server/console/)
+    console.install(app)
     return app
 
 
