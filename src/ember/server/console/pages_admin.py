@@ -3,23 +3,25 @@
     GET  /ui/keys                   keys (GET /api/keys), usage per key and model (GET /api/usage), audit log
     POST /ui/keys                   create (the secret is shown once, on the next page only); /ui/keys/ID/revoke
     GET  /ui/server                 loaded models, memory, running/waiting, throughput and TTFT
-    GET  /ui/server/stats           the numbers behind it, read from /metrics (the same counters)
+    GET  /ui/server/stats           the numbers behind it: the /metrics counters, sampled every 5 s
 
 Usage and audit come from issue 13's /api/usage and /api/audit; where they answer 404 the page says so.
 """
 
+import asyncio
+import collections
 import os
 import sys
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from ember.server.console import web
 from ember.server.console.client import call, error_message
 
 router = APIRouter(include_in_schema=False)
 LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "budget_tokens")
+SAMPLE_EVERY, HISTORY = 5.0, 120  # a sample of the counters every 5 s, the last 10 minutes kept
 
 
 @router.get("/ui/keys")
@@ -100,31 +102,50 @@ def _memory() -> dict:
     return mem
 
 
-@router.get("/ui/server/stats")
-async def stats(request: Request):
-    await web.need(request)
-    st, text = await call(request, "GET", "/metrics")
-    if st != 200:
-        return JSONResponse({"error": error_message(text)}, status_code=st)
-    m = _parse_metrics(text if isinstance(text, str) else "")
+def _sample(app) -> dict:
+    """The counters behind /metrics (the app's own registry, the same numbers a scrape returns), per model."""
+    m = _parse_metrics(app.state.metrics.exposition().decode())
     models = sorted(set(m.get("ember:num_requests_running", {})) | set(m.get("ember:generation_tokens_total", {})))
 
     def get(name, model):
         return m.get(name, {}).get(model, 0.0)
 
-    return {"t": time.time(), "pid": os.getpid(), "memory": _memory(), "models": [
+    return {"t": time.time(), "models": [
         {"model": x, "running": get("ember:num_requests_running", x), "waiting": get("ember:num_requests_waiting", x),
          "cache_usage": get("ember:cache_usage_perc", x),
          "generation_tokens": get("ember:generation_tokens_total", x),
-         "prompt_tokens": get("ember:prompt_tokens_total", x),
          "ttft_sum": get("ember:time_to_first_token_seconds_sum", x),
          "ttft_count": get("ember:time_to_first_token_seconds_count", x),
          "requests": get("ember:request_success_total", x)} for x in models]}
 
 
+async def _sampler(app, samples) -> None:
+    while True:
+        samples.append(_sample(app))
+        await asyncio.sleep(SAMPLE_EVERY)
+
+
+def _history(app) -> collections.deque:
+    """Samples of the last minutes; the sampler starts with the first look at the server page."""
+    st = app.state
+    if getattr(st, "console_samples", None) is None:
+        st.console_samples = collections.deque(maxlen=HISTORY)
+        st.console_sampler = asyncio.get_running_loop().create_task(_sampler(app, st.console_samples))
+    return st.console_samples
+
+
+@router.get("/ui/server/stats")
+async def stats(request: Request):
+    """The sampled history plus a sample now; the page computes throughput and mean TTFT between samples."""
+    await web.need(request)
+    history = list(_history(request.app))
+    return {"pid": os.getpid(), "memory": _memory(), "history": history, "now": _sample(request.app)}
+
+
 @router.get("/ui/server")
 async def server(request: Request):
     s = await web.need(request)
+    _history(request.app)
     st, models = await call(request, "GET", "/v1/models")
     _, ready = await call(request, "GET", "/ready")
     return web.render(request, "server.html", s, models=models.get("data", []) if st == 200 else [],

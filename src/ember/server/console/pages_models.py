@@ -106,7 +106,7 @@ async def promote(request: Request, name: str, number: int):
     if st == 200:
         passed = "; ".join(g["message"] for g in body.get("gates", [])) or "no gates"
         return web.back(s, _page(name, number), msg=f"Promoted: {name}@{alias} -> {name}:{number} ({passed}).")
-    lines = [f"Promotion refused: {error_message(body)}"]
+    lines = [error_message(body)]
     decision = body.get("decision") if isinstance(body, dict) else None
     for g in (decision or {}).get("gates", []):
         lines.append(f"  {'PASS' if g['passed'] else 'FAIL'}  {g['message']}")

@@ -71,7 +71,11 @@ const Ember = (() => {
       const d = s.points.map((p, j) => (j ? "L" : "M") + sx(p[0]).toFixed(1) + " " + sy(p[1]).toFixed(1)).join(" ");
       svg.appendChild(el("path", {d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2}));
       if (s.points.length < 40) s.points.forEach(p => svg.appendChild(el("circle", {cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: COLORS[i % COLORS.length]})));
-      if (series.length > 1 || s.name) svg.appendChild(el("text", {x: L + 8 + 130 * i, y: T + 10, fill: COLORS[i % COLORS.length]}, "● " + (s.name || "")));
+      if (series.length > 1 || s.name) {
+        const t = el("text", {x: L + 8 + 150 * i, y: T + 10}, "● " + (s.name || ""));
+        t.style.fill = COLORS[i % COLORS.length];  // a style, so the stylesheet's muted text colour does not win
+        svg.appendChild(t);
+      }
     });
     const label = opts.label || series.map(s => s.name).join(", ");
     svg.setAttribute("role", "img"); svg.setAttribute("aria-label", label);
@@ -79,13 +83,13 @@ const Ember = (() => {
 
   /* Grouped bars: groups = [{label, values: [a, b]}], names = ["A", "B"]. */
   function barChart(svg, groups, names) {
-    const W = 640, H = 40 + groups.length * 46, L = 150, R = 60;
-    svg.setAttribute("viewBox", `0 0 ${W} ${H}`); svg.classList.add("chart");
+    const W = 640, H = 18 * names.length + 14 + groups.length * 46, L = 170, R = 60, top = 18 * names.length;
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`); svg.classList.add("chart", "bars");
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     const max = Math.max(1e-9, ...groups.flatMap(g => g.values.map(v => Math.abs(v || 0))));
-    names.forEach((n, i) => svg.appendChild(el("text", {x: L + 160 * i, y: 16, fill: COLORS[i]}, "■ " + n)));
+    names.forEach((n, i) => { const t = el("text", {x: L, y: 14 + 18 * i}, "■ " + n); t.style.fill = COLORS[i]; svg.appendChild(t); });
     groups.forEach((g, gi) => {
-      const y = 30 + gi * 46;
+      const y = top + 8 + gi * 46;
       svg.appendChild(el("text", {x: L - 8, y: y + 18, "text-anchor": "end"}, g.label));
       g.values.forEach((v, i) => {
         if (v === null || v === undefined) return;
