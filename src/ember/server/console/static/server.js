@@ -12,6 +12,8 @@
       if (!row) return;
       row.querySelector(".running").textContent = m.running; row.querySelector(".waiting").textContent = m.waiting;
       row.querySelector(".cache").textContent = (100 * m.cache_usage).toFixed(0) + "%";
+      row.querySelector(".requests").textContent = m.requests;  // since the server started
+      row.querySelector(".ttft").textContent = m.ttft_count ? (m.ttft_sum / m.ttft_count).toFixed(2) + " s" : "–";
     });
     const tput = {}, ttft = {}, now = s.now.t;
     for (let i = 1; i < samples.length; i++) {
