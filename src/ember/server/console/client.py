@@ -25,7 +25,7 @@ PREFIX = "/ui/proxy"
 async def call(request: Request, method: str, path: str, *, json_body=None, files=None, data=None,
                params=None) -> tuple[int, dict | str]:
     """(status, JSON body or text) of `method path` run through the app as the signed-in key."""
-    s = sessions.current(request)
+    s = await run_in_threadpool(sessions.current, request)
     headers = {"host": request.headers.get("host", "127.0.0.1"), "x-ember-console": "1"}
     if s is not None:
         headers["authorization"] = f"Bearer {s.key}"
