@@ -53,7 +53,8 @@ def wait_until(page, cond, seconds: float = TIMEOUT / 1000):
 
 
 def snap(page, shots, name):
-    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+    page.wait_for_load_state("load")  # a screenshot taken mid-navigation can wait for a frame forever
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True, animations="disabled", timeout=60_000)
 
 
 def test_sign_in(page, site, shots):
@@ -65,7 +66,8 @@ def test_sign_in(page, site, shots):
     page.click("button[type=submit]")
     assert "invalid" in page.inner_text(".flash.err").lower() or "not" in page.inner_text(".flash.err").lower()
     page.fill("#key", admin)
-    page.keyboard.press("Enter")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
     page.wait_for_url("**/ui/chat")
     assert "alice" in page.inner_text("header")
 
@@ -118,7 +120,9 @@ def test_version_page_files_and_alias_history(page, site, shots):
     srv, _ = site
     page.click("nav >> text=Models")
     page.fill("#q", "smollm2")
-    page.keyboard.press("Enter")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    page.wait_for_url("**/ui/models?q=smollm2")
     snap(page, shots, "04-models")
     page.click(f"table >> text={MODEL}")
     page.wait_for_url(f"**/ui/models/{MODEL}/2")
@@ -194,6 +198,7 @@ def test_fine_tune_from_an_upload(page, site, shots, tmp_path):
 
 def test_other_pages_render(page, shots):
     page.click("nav >> text=Keys")
+    page.wait_for_url("**/ui/keys")
     assert "alice" in page.inner_text("table")
     snap(page, shots, "09-keys")
     page.click("nav >> text=Server")
@@ -208,7 +213,8 @@ def test_phone_width(browser, site, shots):
     pg = ctx.new_page()
     pg.goto(srv.url + "/ui/signin")
     pg.fill("#key", admin)
-    pg.keyboard.press("Enter")
+    with pg.expect_navigation():
+        pg.keyboard.press("Enter")
     pg.wait_for_url("**/ui/chat")
     assert pg.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), "the page scrolls sideways"
     snap(pg, shots, "11-chat-phone")
