@@ -9,6 +9,7 @@
 """
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,6 +21,16 @@ from starlette.concurrency import run_in_threadpool
 from ember.server.console import sessions
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+def _when(value) -> str:
+    """A time for people: ISO strings and Unix timestamps (the jobs API's) as 'YYYY-MM-DD HH:MM UTC'."""
+    if value in (None, ""):
+        return "—"
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return str(value)[:16].replace("T", " ")
+
+
+templates.env.filters["when"] = _when
 templates.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
 
 
