@@ -29,7 +29,8 @@ async def call(request: Request, method: str, path: str, *, json_body=None, file
     headers = {"host": request.headers.get("host", "127.0.0.1"), "x-ember-console": "1"}
     if s is not None:
         headers["authorization"] = f"Bearer {s.key}"
-    transport = httpx.ASGITransport(app=request.app, client=("127.0.0.1", 0))
+    # An unexpected error in a route comes back as its 500 response (shown on the page), not as an exception.
+    transport = httpx.ASGITransport(app=request.app, client=("127.0.0.1", 0), raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url=f"{request.url.scheme}://{headers['host']}",
                                  timeout=None) as client:
         r = await client.request(method, path, json=json_body, files=files, data=data, params=params,
