@@ -187,7 +187,7 @@ def test_fine_tune_from_an_upload(page, site, shots, tmp_path):
         % (i, i) for i in range(8)))
     page.set_input_files("#ft-file", str(good))
     page.select_option("#ft-model", f"{MODEL}:2")
-    page.fill("#ft-epochs", "1")
+    page.fill("#ft-epochs", "3")  # 8 examples a step: three points on the loss curve
     page.click("text=Start fine-tune")
     page.wait_for_url("**/ui/jobs/*")
     page.wait_for_selector("#job-state.state-succeeded", timeout=600_000)

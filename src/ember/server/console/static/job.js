@@ -26,6 +26,7 @@
     const j = JSON.parse(m.data);
     $("job-state").textContent = j.state; $("job-state").className = "state-" + j.state;
     $("job-error").textContent = j.error || "";
+    if (j.finished_at) $("job-finished").textContent = new Date(j.finished_at * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC";
     if (j.result_ref) {
       const [n, v] = j.result_ref.split(":"); const a = document.createElement("a");
       a.href = `/ui/models/${n}/${v}`; a.textContent = j.result_ref; $("job-result").replaceChildren(a);
