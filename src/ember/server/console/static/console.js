@@ -74,7 +74,7 @@ const Ember = (() => {
       svg.appendChild(el("path", {d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2}));
       if (s.points.length < 40) s.points.forEach(p => svg.appendChild(el("circle", {cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: COLORS[i % COLORS.length]})));
       if (series.length > 1 || s.name) {
-        const t = el("text", {x: L + 8 + 150 * i, y: T + 10}, "● " + (s.name || ""));
+        const t = el("text", {x: W - R - 6 - 150 * (series.length - 1 - i), y: T + 10, "text-anchor": "end"}, "● " + (s.name || ""));
         t.style.fill = COLORS[i % COLORS.length];  // a style, so the stylesheet's muted text colour does not win
         svg.appendChild(t);
       }
