@@ -43,13 +43,13 @@ def free_port() -> int:
 
 # ----- the baseline server: transformers generate, one request at a time -----
 def baseline_server(port: int, folder: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
     import uvicorn
     from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
-
-    from concurrent.futures import ThreadPoolExecutor
 
     # Loading and every generate run on one thread, as Ember's do (one OpenMP team; see engine/compute.py).
     worker = ThreadPoolExecutor(max_workers=1)

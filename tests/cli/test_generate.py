@@ -9,7 +9,6 @@ import subprocess
 import time
 
 
-
 def _lines(n_good_before_bad=20, total=50):
     out = []
     for i in range(total):
@@ -66,6 +65,35 @@ def test_batch_killed_then_rerun_resumes_without_duplicates(run_cli, ember_bin, 
     assert r.returncode == 0, r.stderr
     recs = _check(out)
     assert [json.loads(x)["custom_id"] for x in before] == [x["custom_id"] for x in recs[: len(before)]]
+
+
+def test_batch_scores_prompts_like_the_server(run_cli, smollm2_dir, tmp_path):
+    """Lines are parsed by the server's request models: token-id prompts, echo + logprobs, max_tokens 0,
+    prompt_logprobs; a bad field is an error record naming it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    ids = tok("The capital of France is Paris").input_ids
+    lines = [{"custom_id": "score", "url": "/v1/completions",
+              "body": {"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1}},
+             {"custom_id": "chat", "url": "/v1/chat/completions",
+              "body": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0,
+                       "prompt_logprobs": 0}},
+             {"custom_id": "bad", "url": "/v1/completions", "body": {"prompt": "x", "temperature": "hot"}}]
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    r = run_cli("batch", smollm2_dir, inp, out)
+    assert r.returncode == 0, r.stderr
+    score, chat, bad = [json.loads(x) for x in out.read_text().splitlines()]
+    body = score["response"]["body"]
+    lp = body["choices"][0]["logprobs"]
+    assert body["object"] == "text_completion" and body["usage"]["completion_tokens"] == 0
+    assert lp["token_logprobs"][0] is None and len(lp["token_logprobs"]) == len(ids)
+    assert all(v < 0 for v in lp["token_logprobs"][1:]) and body["choices"][0]["text"] == tok.decode(ids)
+    cbody = chat["response"]["body"]
+    assert cbody["object"] == "chat.completion" and cbody["prompt_logprobs"][0] is None
+    assert len(cbody["prompt_logprobs"]) == cbody["usage"]["prompt_tokens"]
+    assert bad["response"] is None and "temperature" in bad["error"]["message"]
 
 
 def test_generate_greedy_and_errors(run_cli, smollm2_dir, tmp_path):

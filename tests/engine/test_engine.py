@@ -137,7 +137,8 @@ def test_abort_frees_the_slot_at_once(smollm2_dir):
     engine = Engine.load(smollm2_dir, max_slots=1, max_seq_len=512)
     try:
         started, finished = threading.Event(), []
-        rid = engine.add_request("Tell me a long story.", SamplingParams(temperature=0, max_tokens=400, ignore_eos=True),
+        rid = engine.add_request("Tell me a long story.",
+                                 SamplingParams(temperature=0, max_tokens=400, ignore_eos=True),
                                  lambda d: (started.set(), d.finish_reason and finished.append(d.finish_reason)))
         started.wait()
         engine.abort(rid, wait=True)

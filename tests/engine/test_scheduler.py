@@ -6,7 +6,7 @@
 import torch
 
 from ember.engine.sampling import SamplingParams
-from ember.engine.scheduler import Request, Scheduler, Sequence
+from ember.engine.scheduler import Request, Scheduler, SeqState, Sequence
 
 
 def _request(n: int, prompt: list[int]) -> Request:
@@ -20,13 +20,15 @@ def test_n_choices_prefill_the_prompt_once():
     sched = Scheduler(max_slots=4, step_tokens=256)
     req = _request(3, list(range(10)))
     sched.add(req.seqs)
-    decode, prefill, copies = sched.schedule()
-    assert [(s.index, n) for s, n in prefill] == [(0, 10)] and not copies  # the others wait for choice 0
-    req.seqs[0].n_cached = 10
+    out = sched.schedule()
+    assert [(s.index, n) for s, n in out.prefill] == [(0, 10)] and not out.copies  # the others wait for choice 0
+    assert [s.state for s in req.seqs] == [SeqState.PREFILLING, SeqState.PREFILLING, SeqState.PREFILLING]
+    sched.update(out)
     req.seqs[0].output_ids.append(5)
-    decode, prefill, copies = sched.schedule()
+    out = sched.schedule()
+    decode, prefill, copies = out.decode, out.prefill, out.copies
     s0, s1, s2 = req.seqs
-    assert decode == [s0]
+    assert decode == [s0] and s0.state is SeqState.DECODING
     assert copies == [(s0.slot, s1.slot, 9), (s0.slot, s2.slot, 9)]
     assert [(s.index, n) for s, n in prefill] == [(1, 1), (2, 1)]  # only the last prompt token, for its logits
 
@@ -35,13 +37,13 @@ def test_a_choice_whose_parent_is_gone_prefills_alone():
     sched = Scheduler(max_slots=1, step_tokens=256)
     req = _request(2, list(range(6)))
     sched.add(req.seqs)
-    sched.schedule()
+    sched.update(sched.schedule())
     s0, s1 = req.seqs
-    s0.n_cached = 6
     s0.finish_reason = "length"
     sched.release(s0)  # choice 0 ended (max_tokens=1, say) before choice 1 got a slot
-    _, prefill, copies = sched.schedule()
-    assert not copies and [(s.index, n) for s, n in prefill] == [(1, 6)]
+    assert s0.state is SeqState.FINISHED and s1.state is SeqState.WAITING
+    out = sched.schedule()
+    assert not out.copies and [(s.index, n) for s, n in out.prefill] == [(1, 6)]
 
 
 def test_greedy_choices_equal_a_single_greedy_request(smol_engine):
@@ -71,8 +73,8 @@ def test_a_prompt_reuses_the_free_slot_holding_its_prefix():
     sched.release(other)
     turn2 = _seq(list(range(100, 140)) + [7, 8, 9, 99, 98])  # the conversation goes on from 3 outputs in
     sched.add([turn2])
-    _, prefill, _ = sched.schedule()
-    assert turn2.slot == 0 and turn2.cached_tokens == 43 and prefill == [(turn2, 2)]
+    assert sched.schedule().prefill == [(turn2, 2)]
+    assert turn2.slot == 0 and turn2.cached_tokens == 43
     unrelated = _seq(list(range(900, 950)))
     sched.add([unrelated])
     sched.schedule()
@@ -88,8 +90,8 @@ def test_an_identical_prompt_still_computes_its_last_token():
     sched.release(a)
     b = _seq(list(range(20, 60)))
     sched.add([b])
-    _, prefill, _ = sched.schedule()
-    assert b.cached_tokens == 39 and prefill == [(b, 1)]  # its logits give the first output token
+    assert sched.schedule().prefill == [(b, 1)]  # its logits give the first output token
+    assert b.cached_tokens == 39
 
 
 def test_next_chat_turn_reuses_the_cache_and_still_matches_transformers(smol_engine, smol_hf):

@@ -38,6 +38,14 @@ def test_perplexity_of_a_folder_and_bits_per_byte(smollm2_dir, direct):
                                                              rel=0.005)
 
 
+def test_engine_scoring_gives_todays_numbers(smollm2_dir, direct):
+    """Perplexity now comes from the engine's score path; the numbers are those of the transformers forward it
+    replaced (fp32) within 1e-6 relative, and the builtin task's stored numbers follow."""
+    r = loglikelihood_rolling(smollm2_dir, TEXT)
+    assert -r.loglikelihood == pytest.approx(direct["nll_sum"], rel=1e-6)
+    assert r.perplexity == pytest.approx(direct["ppl"], rel=1e-6)
+
+
 def test_rolling_windows_shorter_than_the_text(smollm2_dir, direct):
     """Windows of 16 tokens still score every token once; with less context the perplexity can only be
     worse on natural text, and it stays finite."""

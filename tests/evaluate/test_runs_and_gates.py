@@ -38,6 +38,31 @@ def test_other_builtin_tasks_run(tiny_model, name):
     assert wanted in r["metrics"] and r["ref"] == "tiny:2"
 
 
+def test_multiple_choice_runs_are_stored_and_gate_a_promotion(tiny_model):
+    """builtin:choice scores every choice through the engine; acc and acc_norm are stored per version and a
+    promotion can be gated on them."""
+    task = load_task("builtin:choice")
+    one = runner.run("tiny:1", task, limit=6)
+    two = runner.run("tiny:2", task, limit=6)  # the same weights: the same numbers
+    assert set(one["metrics"]) == {"acc", "acc_norm"} and one["metrics"] == two["metrics"]
+    outs = evals.outputs(evals.get(one["id"]))
+    assert len(outs) == 6 and all(len(o["loglikelihoods"]) == 4 and o["prediction"] in range(4) for o in outs)
+    assert all(o["acc"] == float(o["prediction"] == o["gold"]) for o in outs)
+    registry.set_alias("tiny", "production", 1)
+    d = gates.promote("tiny", "production", 2, ["acc>=current", "choice.acc_norm>=current"])
+    assert d.moved and registry.resolve("tiny@production").number == 2
+
+
+def test_multiple_choice_metrics_are_lm_evals():
+    from ember.evaluate.choice import example_scores
+
+    # acc: the highest log-likelihood; acc_norm: per character of the choice; acc_bytes: per UTF-8 byte.
+    s = example_scores([-4.0, -6.0], ["ab", "abcdef"], 1)
+    assert s == {"acc": 0.0, "acc_norm": 1.0, "acc_bytes": 1.0}
+    s = example_scores([-3.0, -3.3], ["é", "ee"], 1)
+    assert s == {"acc": 0.0, "acc_norm": 1.0, "acc_bytes": 0.0}
+
+
 def test_parse_gate_forms_and_refusals():
     g = gates.parse_gate("perplexity<=current*1.02")
     assert (g.metric, g.op, g.relative, g.k, g.task) == ("perplexity", "<=", "*", 1.02, None)
@@ -87,7 +112,8 @@ def test_platform_api_survives_restart(tiny_model):
     _, admin = keys.create("admin", "admin")
     _, user = keys.create("user", "inference")
     for _restart in range(2):  # a new app over the same home sees the same runs
-        client = TestClient(create_app(ServeConfig(models=["tiny"])))  # no lifespan: nothing is loaded
+        # no lifespan: nothing is loaded; Host localhost: the server only answers loopback names by default
+        client = TestClient(create_app(ServeConfig(models=["tiny"])), base_url="http://localhost")
         h = {"Authorization": f"Bearer {admin}"}
         assert client.get("/api/evals", params={"ref": "tiny:1"}).status_code == 401
         assert client.get("/api/evals", params={"ref": "tiny:1"},

@@ -16,10 +16,10 @@ def write_task(tmp_path, text: str, rows=({"q": "2+2?", "a": "4"},)):
 
 
 def test_builtins_load():
-    assert set(builtin_names()) >= {"perplexity", "generate", "classify", "tag"}
+    assert set(builtin_names()) >= {"perplexity", "generate", "classify", "tag", "choice"}
     for name in builtin_names():
         t = load_task(f"builtin:{name}")
-        assert t.type == name and load_examples(t)
+        assert t.type == {"choice": "multiple_choice"}.get(name, name) and load_examples(t)
         assert len(t.digest) == 64 and len(t.data_digest()) == 64
 
 
@@ -46,6 +46,9 @@ def test_task_keys_and_digests(tmp_path):
     ("data: data.jsonl\nprompt: '{q.__class__}'\nreference: a\n", "prompt"),
     ("data: data.jsonl\nprompt: '{q}'\nreference: a\nchat: maybe\n", "chat"),
     ("type: translate\ndata: data.jsonl\nprompt: '{q}'\nreference: a\n", "type"),
+    ("data: data.jsonl\nprompt: '{q}'\nreference: a\nchoices: opts\n", "choices"),
+    ("type: multiple_choice\ndata: data.jsonl\nprompt: '{q}'\nreference: a\nmetrics: [bleu]\n", "metrics"),
+    ("type: multiple_choice\ndata: data.jsonl\nprompt: '{q}'\nreference: a\nchat: true\n", "chat"),
 ])
 def test_bad_task_files_name_the_key(tmp_path, text, key):
     with pytest.raises(InvalidRequest) as e:

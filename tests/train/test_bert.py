@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from ember.train import bert
-from ember.train import checkpoint as ckpt
+from ember.train import bert, checkpoint as ckpt
 from ember.train.bert import BertPairs
 from ember.train.data import Prepared
 from ember.train.tokenizer import load_tokenizer

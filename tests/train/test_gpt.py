@@ -12,8 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from ember.train import checkpoint as ckpt
-from ember.train import gpt
+from ember.train import checkpoint as ckpt, gpt
 from ember.train.data import Prepared
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}

@@ -9,7 +9,7 @@ from ember.errors import InvalidRequest, NotFound
 from ember.train import gpt
 from ember.train.config import load_config
 from ember.train.data import Prepared, prepare
-from ember.train.tokenizer import load_tokenizer, train_and_register, train_tokenizer
+from ember.train.tokenizer import load_tokenizer, train_and_register
 
 
 def test_bpe_roundtrips_python_source(gpt_assets):

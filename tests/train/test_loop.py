@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ember.train import checkpoint as ckpt
-from ember.train import gpt
+from ember.train import checkpoint as ckpt, gpt
 from ember.train.loop import LoopSettings, lr_factor
 
 

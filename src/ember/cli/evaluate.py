@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from ember.cli.models import app as models_app
-from ember.cli.output import console, print_json, table
+from ember.cli.output import Col, console, print_json, table
 
 
 class _EvalGroup(TyperGroup):
@@ -30,7 +30,8 @@ app = typer.Typer(cls=_EvalGroup, no_args_is_help=True,
                   help="Evaluate model versions on tasks; results are stored per version. "
                        "`ember eval REF --task FILE.yaml` (or --task builtin:generate) runs one.")
 JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
-TASK_HELP = "A task YAML file, or builtin:perplexity | builtin:generate | builtin:classify | builtin:tag."
+TASK_HELP = ("A task YAML file, or builtin:perplexity | builtin:generate | builtin:classify | builtin:tag | "
+             "builtin:choice.")
 
 
 def register(root: typer.Typer) -> None:
@@ -86,7 +87,8 @@ def run(ref: str = typer.Argument(..., help="Model reference: NAME, NAME:VERSION
     stored = f"stored as run {r['id']}" if "id" in r else "not stored"
     console.print(f"[bold]{r['ref']}[/bold] on {r['task']} ({r['settings']['examples']} examples, "
                   f"{r['settings']['seconds']}s; {stored})")
-    table(None, ["metric", "value"], [[k, _fmt(v)] for k, v in r["metrics"].items()])
+    table(None, [Col("metric", full=True), Col("value", full=True, justify="right")],
+          [[k, _fmt(v)] for k, v in r["metrics"].items()])
 
 
 @app.command("runs")
@@ -98,7 +100,8 @@ def runs(ref: str, task: str = typer.Option(None, "--task", help="Only runs of t
     rows = evals.runs(ref, task)
     if as_json:
         return print_json(rows)
-    table(None, ["id", "when", "task", "examples", "metrics", "data digest"],
+    table(None, [Col("id", full=True), Col("when", drop=3), Col("task", full=True), Col("examples", drop=2),
+                 "metrics", Col("data digest", drop=1)],
           [[r["id"], r["created_at"][:19], r["task"], r["settings"].get("examples", ""),
             " ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items()), r["data_digest"][:12]] for r in rows])
 
@@ -115,9 +118,10 @@ def show(run_id: int, outputs: bool = typer.Option(False, "--outputs", help="Inc
     if as_json:
         return print_json(r)
     console.print(f"run {r['id']}: [bold]{r['ref']}[/bold] on {r['task']} at {r['created_at']}")
-    table(None, ["metric", "value"], [[k, _fmt(v)] for k, v in r["metrics"].items()])
+    table(None, [Col("metric", full=True), Col("value", full=True, justify="right")],
+          [[k, _fmt(v)] for k, v in r["metrics"].items()])
     if outputs:
-        table("outputs", ["#", "output", "reference"],
+        table("outputs", [Col("#", full=True), "output", "reference"],
               [[o.get("index"), o.get("prediction", o.get("output")), o.get("reference")] for o in r["outputs"]])
 
 
@@ -157,7 +161,9 @@ def compare(ref_a: str, ref_b: str,
         console.print(f"no stored results to compare for {a_ref} and {b_ref}; run `ember eval REF --task ...`")
         return
     mark = {"a": f"{a_ref}", "b": f"{b_ref}", "=": "=", None: ""}
-    table(f"{a_ref} (A) vs {b_ref} (B)", ["task", "metric", "A", "B", "B - A", "change", "better"],
+    table(f"{a_ref} (A) vs {b_ref} (B)", [Col("task", full=True), Col("metric", full=True), Col("A", full=True),
+                                          Col("B", full=True), Col("B - A", drop=2), Col("change", drop=1),
+                                          Col("better", drop=3)],
           [[r["task"], r["metric"], _fmt(r["a"]), _fmt(r["b"]), _fmt(r["diff"]),
             "" if r["relative"] is None else f"{r['relative']:+.1%}", mark[r["better"]]] for r in rows])
 

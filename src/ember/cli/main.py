@@ -3,8 +3,9 @@
     ember --help
 
 Every EmberError becomes one line on stderr and the exit code of its class (ember/errors.py); no traceback
-reaches the user. Verb modules import heavy libraries (torch, transformers) inside their commands so that
-`ember --help` stays fast.
+reaches the user. A usage error (unknown option or command, missing argument) is click's: the usage line and
+the message on stderr, exit 2. Verb modules import heavy libraries (torch, transformers) inside their
+commands so that `ember --help` stays fast.
 """
 
 import importlib
@@ -19,11 +20,33 @@ from ember.errors import EmberError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-app = typer.Typer(name="ember", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+app = typer.Typer(name="ember", no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ember: train, fine-tune, evaluate, manage and serve language models, offline.")
 
+# typer >= 0.20 vendors click as `typer._click`; older typers raise click's own classes. Both are caught.
+try:
+    from typer._click import exceptions as _vendored
+except ImportError:  # pragma: no cover - an older typer
+    _vendored = click.exceptions
+CLICK_ERRORS = (click.ClickException, _vendored.ClickException)
+ABORTS = (click.exceptions.Abort, typer.Abort)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from ember import __version__
+
+        print(f"ember {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print Ember's version and exit.")) -> None:
+    pass
+
 # Verb modules, each with `register(app)`; listed here so a newcomer sees every command group at a glance.
-VERB_MODULES = ["models", "generate", "serve", "keys", "train", "finetune", "evaluate"]
+VERB_MODULES = ["models", "generate", "serve", "keys", "audit", "train", "finetune", "evaluate", "jobs"]
 
 
 def _register_all() -> None:
@@ -40,11 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     except EmberError as e:
         print(f"error: {e.message}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except ABORTS:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
+    except CLICK_ERRORS as e:  # usage errors: click prints the usage line, the message and any "Did you mean"
+        if e.format_message():  # empty after no_args_is_help: typer has already printed the help
+            e.show()
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

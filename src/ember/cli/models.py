@@ -12,13 +12,14 @@
     ember models rm smollm2-135m-instruct:1
 """
 
+import json
 import sys
 import time
 from pathlib import Path
 
 import typer
 
-from ember.cli.output import console, human_count, human_size, print_json, table
+from ember.cli.output import Col, console, human_count, human_size, print_json, table
 from ember.errors import CorruptFile, InvalidRequest
 
 app = typer.Typer(no_args_is_help=True, help="Manage models: import, pull, list, show, alias, tag, export, verify.")
@@ -76,7 +77,8 @@ def catalog(as_json: bool = JSON):
             for e in importers.CATALOG.values()]
     if as_json:
         return print_json(rows)
-    table("bundled catalog", ["name", "package", "license", "description"], [list(r.values()) for r in rows])
+    table("bundled catalog", [Col("name", full=True), Col("package", drop=2), Col("license", drop=1),
+                              "description"], [list(r.values()) for r in rows])
 
 
 @app.command("list")
@@ -88,7 +90,9 @@ def list_(name: str = typer.Argument(None, help="Only this model's versions."), 
     rows = [[v.ref, v.kind, v.metadata.get("architecture", ""), human_count(v.metadata.get("parameter_count")),
              human_size(sum(v.sizes.values())), " ".join(f"@{a}" for a in v.aliases),
              v.created_at.strftime("%Y-%m-%d %H:%M")] for v in versions]
-    table(None, ["version", "kind", "architecture", "params", "size", "aliases", "created"], rows)
+    table(None, [Col("version", full=True), Col("kind", drop=3), Col("architecture", drop=5),
+                 Col("params", drop=4, justify="right"), Col("size", drop=2, justify="right"),
+                 Col("aliases", drop=1), Col("created", drop=6)], rows)
 
 
 @app.command()
@@ -104,10 +108,12 @@ def show(ref: str, as_json: bool = JSON):
     console.print(f"aliases: {' '.join('@' + a for a in v.aliases) or '-'}")
     console.print(f"lineage: {' <- '.join([v.ref, *v.lineage]) if v.lineage else '-'}")
     console.print(f"tags: {' '.join(f'{k}={val}' for k, val in v.tags.items()) or '-'}")
-    table("metadata", ["key", "value"], [[k, val] for k, val in v.metadata.items()])
-    table("files", ["path", "size", "sha256"], [[p, human_size(v.sizes[p]), d] for p, d in v.files.items()])
+    table("metadata", [Col("key", full=True), "value"], [[k, val] for k, val in v.metadata.items()])
+    table("files", [Col("path", full=True), Col("size", justify="right"), "sha256"],
+          [[p, human_size(v.sizes[p]), d] for p, d in v.files.items()])
     if runs:
-        table("evaluations (newest run per task)", ["run", "task", "metrics", "at"],
+        table("evaluations (newest run per task)", [Col("run", full=True), Col("task", full=True), "metrics",
+                                                    Col("at", drop=1)],
               [[e["id"], e["task"], " ".join(f"{k}={_fmt(m)}" for k, m in e["metrics"].items()), e["created_at"]]
                for e in runs])
 
@@ -140,8 +146,20 @@ def history(name_at_alias: str = typer.Argument(..., metavar="NAME@ALIAS"), as_j
     events = _registry().alias_history(name, al)
     if as_json:
         return print_json(events)
-    table(f"{name}@{al}", ["at", "action", "from", "to", "actor", "detail"],
-          [[e["at"], e["action"], e["from"], e["to"], e["actor"], e["detail"] or ""] for e in events])
+    table(f"{name}@{al}", [Col("at", full=True), Col("action", full=True), Col("from", full=True),
+                           Col("to", full=True), Col("actor", drop=2), Col("detail", drop=1)],
+          [[e["at"][:19].replace("T", " "), e["action"], e["from"], e["to"], e["actor"], _detail(e["detail"])]
+           for e in events])
+
+
+def _detail(detail) -> str:
+    """An alias event's detail in a few words (the whole record is in --json)."""
+    if not detail:
+        return ""
+    if isinstance(detail, dict) and "gates" in detail:
+        failed = detail.get("failed") or []
+        return f"failed: {', '.join(failed)}" if failed else f"passed: {', '.join(g['gate'] for g in detail['gates'])}"
+    return json.dumps(detail, default=str) if not isinstance(detail, str) else detail
 
 
 @app.command()

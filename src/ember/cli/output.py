@@ -4,22 +4,20 @@ import json
 import sys
 
 from rich.console import Console
-from rich.table import Table
+
+from ember.cli.tables import Col, print_table
 
 console = Console()
+__all__ = ["Col", "console", "human_count", "human_size", "print_json", "table"]
 
 
 def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def table(title: str | None, columns: list[str], rows: list[list]) -> None:
-    t = Table(title=title, show_lines=False)
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
-    console.print(t)
+def table(title: str | None, columns: list, rows: list[list]) -> None:
+    """A table fitted to the terminal; columns are header strings or `Col`s (cli/tables.py)."""
+    print_table(title, columns, rows, console)
 
 
 def human_size(n: int | None) -> str:

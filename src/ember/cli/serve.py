@@ -2,9 +2,11 @@
 
     ember serve                                              # the two bundled models on 127.0.0.1:8000
     ember serve --model smollm2-135m-instruct --model my-model@production --port 9000 --require-key
+    ember serve --no-workers                                 # inference only: jobs run on other replicas
 
 With no --model it serves smollm2-135m-instruct and minilm-l6-v2, pulling them from the bundled catalog on
 the first start. Stop it with Ctrl-C or SIGTERM: in-flight requests get --shutdown-timeout seconds to finish.
+Security flags and their defaults (Host/Origin checks, limits, TLS) are described in docs/security.md.
 """
 
 import typer
@@ -24,15 +26,57 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
           max_seq_len: int = typer.Option(2048, "--max-seq-len", min=16, help="Context per sequence (KV cache)."),
           require_key: bool = typer.Option(False, "--require-key",
                                            help="Require an API key even when none exists yet."),
-          log_content: bool = typer.Option(False, "--log-content", help="Log prompt and completion text."),
+          log_content: bool = typer.Option(False, "--log-content",
+                                           help="Log prompt and completion text (redacted unless --no-redact)."),
+          no_redact: bool = typer.Option(False, "--no-redact", help="With --log-content: log text verbatim."),
+          allowed_hosts: str = typer.Option(None, "--allowed-hosts", help="Comma-separated Host names to accept "
+                                            "('.example.com' for a domain, '*' for any). Default: loopback names "
+                                            "when bound to loopback, else any."),
+          allowed_origins: str = typer.Option(None, "--allowed-origins", help="Comma-separated browser origins "
+                                              "allowed cross-origin (CORS). Default: none."),
+          max_best_of: int = typer.Option(8, "--max-best-of", min=1, help="Largest n, best_of and beam width."),
+          max_prompt_chars: int = typer.Option(0, "--max-prompt-chars", min=0,
+                                               help="Largest prompt (all messages) in characters "
+                                                    "(0: 65536 or 32 per token of --max-seq-len, the larger)."),
+          max_messages: int = typer.Option(1024, "--max-messages", min=1, help="Most messages in one chat."),
+          default_max_tokens: int = typer.Option(1024, "--default-max-tokens", min=1,
+                                                 help="max_tokens of a chat request that sets none."),
+          max_queue_per_key: int = typer.Option(None, "--max-queue-per-key", min=1,
+                                                help="Waiting requests per API key (default: max-queue/4)."),
+          queue_timeout: float = typer.Option(120.0, "--queue-timeout", min=0.1,
+                                              help="Seconds a request may wait for a slot; then 429."),
+          request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.1,
+                                                help="Seconds a generation request may take in all; then 504."),
+          max_connections: int = typer.Option(1024, "--max-connections", min=1,
+                                              help="Open connections and requests at once; beyond it 503."),
+          keep_alive_timeout: float = typer.Option(5.0, "--keep-alive-timeout", min=0.1,
+                                                   help="Seconds an idle keep-alive connection stays open."),
+          header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1,
+                                               help="Seconds a client has to send a request's headers."),
+          body_timeout: float = typer.Option(30.0, "--body-timeout", min=0.1,
+                                             help="Seconds a request body may stall between chunks; then 408."),
+          ssl_certfile: str = typer.Option(None, "--ssl-certfile", help="TLS certificate (PEM): serve HTTPS."),
+          ssl_keyfile: str = typer.Option(None, "--ssl-keyfile", help="TLS private key (PEM)."),
           shutdown_timeout: float = typer.Option(30.0, "--shutdown-timeout",
                                                  help="Seconds in-flight requests get on SIGTERM."),
           max_body_mb: float = typer.Option(4.0, "--max-body-mb", help="Largest request body; beyond it: 413."),
           quantize: str = typer.Option(None, "--quantize", help="Weight quantization for decoders: int8."),
-          threads: int = typer.Option(0, "--threads", help="Torch threads (0: the engine's default).")):
+          threads: int = typer.Option(0, "--threads", help="Torch threads (0: the engine's default)."),
+          workers: int = typer.Option(1, "--workers", min=0,
+                                      help="Jobs (fine-tuning, training, batches) this server runs at once."),
+          no_workers: bool = typer.Option(False, "--no-workers",
+                                          help="Run no jobs here (a pure inference replica).")):
     """Serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings, streaming)."""
     from ember.config import get_settings
+    from ember.errors import InvalidRequest
     from ember.server.app import ServeConfig, serve as run
+    from ember.server.limits import RequestLimits
+
+    if bool(ssl_certfile) != bool(ssl_keyfile):
+        raise InvalidRequest("give both --ssl-certfile and --ssl-keyfile")
+
+    def split(v):
+        return [x.strip() for x in v.split(",") if x.strip()] if v else []
 
     settings = get_settings()
     if threads:
@@ -40,5 +84,14 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
     cfg = ServeConfig(models=list(model or []), host=host, port=port, max_slots=max_slots, max_queue=max_queue,
                       max_seq_len=max_seq_len, max_body_bytes=int(max_body_mb * 1024 * 1024),
                       require_key=require_key, log_content=log_content, shutdown_timeout=shutdown_timeout,
-                      quantize=quantize, settings=settings)
+                      quantize=quantize, workers=0 if no_workers else workers, settings=settings,
+                      redact_content=not no_redact,
+                      allowed_hosts=split(allowed_hosts) or None, allowed_origins=split(allowed_origins),
+                      max_queue_per_key=max_queue_per_key, max_connections=max_connections,
+                      keep_alive_timeout=keep_alive_timeout, header_timeout=header_timeout, body_timeout=body_timeout,
+                      limits=RequestLimits(max_best_of=max_best_of,
+                                           max_prompt_chars=max_prompt_chars or max(65536, 32 * max_seq_len),
+                                           max_messages=max_messages, default_max_tokens=default_max_tokens,
+                                           queue_timeout=queue_timeout, request_timeout=request_timeout),
+                      ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     return run(cfg)

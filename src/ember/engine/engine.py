@@ -3,11 +3,16 @@
     engine = Engine.load("smollm2-135m-instruct", max_slots=32, max_seq_len=2048)
     print(engine.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=20))[0].text)
 
-One background thread per engine runs the step loop: take new requests and aborts, then have the step
-(compose the batch, one forward over every running sequence, sample all rows at once, hand out deltas)
-run on the process's compute thread (engine/compute.py), where all of Ember's heavy torch work runs.
-Callers only put requests on a queue, so `stream` never blocks an event loop; deltas come back to it
-through `loop.call_soon_threadsafe`.
+    engine.score(["The capital of France is Paris"], k=1)   # prompt logprobs, nothing generated
+
+One background thread per engine runs the step loop; each step is vLLM's schedule -> execute -> update:
+the scheduler picks the step's sequences (`SchedulerOutput`), the forward, the sampling of every row at once
+and the logprobs run on the process's compute thread (engine/compute.py, where all of Ember's heavy torch
+work runs), and the update (cache positions and states, detokenization, stop checks, deltas to callers)
+runs back on the engine thread, so the compute thread is free for other work meanwhile. Callers only put
+requests on a queue, so `stream` never blocks an event loop; deltas come back to it through
+`loop.call_soon_threadsafe`. Scoring (`prompt_logprobs`, `max_tokens=0`) is a prefill whose logits at every
+prompt position become logprobs: it is batched and chunked like any other prompt.
 """
 
 import asyncio
@@ -15,15 +20,17 @@ import logging
 import queue
 import threading
 import uuid
+from dataclasses import dataclass, field
 
 import torch
 
-from ember.engine import beam, compute
+from ember.engine import beam, compute, structured
+from ember.engine.chat_render import render_ids
 from ember.engine.detok import Detokenizer
-from ember.models.attention import make_batch
 from ember.engine.sampling import SamplingParams, sample, seeded_generator, token_logprobs
-from ember.engine.scheduler import Choice, Completion, Delta, Request, Scheduler, Sequence
+from ember.engine.scheduler import Choice, Completion, Delta, Request, Scheduler, SchedulerOutput, Sequence, Usage
 from ember.errors import InvalidRequest, Overloaded
+from ember.models.attention import make_batch
 from ember.models.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -48,6 +55,8 @@ class Engine:
         self._start_lock = threading.Lock()
         self.steps = 0
         self.generated_tokens = 0
+        self._structured: structured.Structured | None = None
+        self._grammars: dict = {}  # compiled constraint templates, most recent last
 
     @classmethod
     def load(cls, ref_or_path, settings=None, *, max_slots: int = 32, max_seq_len: int = 2048,
@@ -95,32 +104,55 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
 
-    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def chat_prompt(self, messages: list[dict], add_generation_prompt: bool = True,
+                    tools: list[dict] | None = None) -> list[int]:
         """Renders messages with the model's own chat template (transformers renders it in a sandboxed
         Jinja environment) and returns token ids; the template already holds any special tokens."""
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
             raise InvalidRequest("this model has no chat template; use a plain completion instead")
-        try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt)
-        except Exception as e:  # noqa: BLE001 - template errors (raise_exception, bad roles) are user input errors
-            raise InvalidRequest(f"cannot render the chat template: {e}", param="messages") from None
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # Message text is never tokenized as control tokens (engine/chat_render.py).
+        return render_ids(self.tokenizer, messages, add_generation_prompt, tools=tools)
+
+    # ----- constrained decoding (engine/structured.py) -----
+    def compile_constraint(self, c: "structured.Constraint"):
+        """Compiles (or finds compiled) a constraint, within structured.COMPILE_SECONDS; raises InvalidRequest
+        naming the problem. Blocking: the server calls it from a worker thread before add_request."""
+        key = (c.kind, repr(c.value) if not isinstance(c.value, (dict, list)) else _json_key(c.value))
+        hit = self._grammars.get(key)
+        if hit is not None:
+            return hit
+        if self.tokenizer is None:
+            raise InvalidRequest("structured output needs a model with a tokenizer", param=c.param)
+        grammar = structured.grammar_text(c)  # cheap checks (size, depth, syntax) before anything is built
+        with self._start_lock:
+            if self._structured is None:
+                self._structured = structured.Structured(self.tokenizer, self.eos_ids, self.model.vocab_size)
+        m = structured.compile_with_deadline(self._structured, c, grammar)
+        with self._start_lock:  # compiles run on several worker threads
+            self._grammars[key] = m
+            while len(self._grammars) > 128:
+                self._grammars.pop(next(iter(self._grammars)))
+        return m
 
     # ----- requests -----
     def check(self, ids: list[int], p: SamplingParams, param: str = "prompt") -> int:
         """Validates a request before it is queued (the server calls it before sending any header);
         returns the number of tokens it may generate. `param` names the request field in the error."""
-        if len(ids) >= self.context_length:
+        # Generating needs a free position after the prompt; scoring the prompt (max_tokens 0 with
+        # prompt_logprobs) never feeds its last token, so it may be one token longer than the context.
+        limit = self.context_length - 1
+        if p.max_tokens == 0:
+            limit += 1 + (p.prompt_logprobs is not None and p.n == 1)
+        if len(ids) > limit:
             raise InvalidRequest(f"the prompt has {len(ids)} tokens; this model's context is "
                                  f"{self.context_length} tokens", param=param, code="context_length_exceeded")
-        room = self.context_length - len(ids)
+        room = max(self.context_length - len(ids), 0)
         if p.max_tokens is not None and p.max_tokens > room:
             raise InvalidRequest(f"prompt ({len(ids)} tokens) + max_tokens ({p.max_tokens}) exceeds the context "
                                  f"length {self.context_length}", param="max_tokens", code="context_length_exceeded")
         if p.logit_bias and any(not 0 <= t < self.model.vocab_size for t in p.logit_bias):
             raise InvalidRequest("logit_bias token id out of range", param="logit_bias")
-        return p.max_tokens or room
+        return room if p.max_tokens is None else p.max_tokens
 
     def add_request(self, prompt, params: SamplingParams, on_delta, request_id: str | None = None) -> str:
         """Queues a request; on_delta(Delta) is called from the engine thread. Returns the request id."""
@@ -130,6 +162,7 @@ class Engine:
             raise InvalidRequest("beam search runs through generate() or stream(), not add_request")
         ids = self.encode(prompt)
         max_tokens = self.check(ids, params)
+        grammar = self.compile_constraint(params.constraint) if params.constraint is not None else None
         if self.num_waiting + len(self._requests) >= self.max_waiting:
             raise Overloaded("the engine's queue is full", retry_after=1)
         rid = request_id or uuid.uuid4().hex
@@ -140,7 +173,11 @@ class Engine:
             req.seqs.append(Sequence(req, i, ids, params, gen,
                                      Detokenizer(self.tokenizer, ids, params.stop, params.skip_special_tokens),
                                      max_tokens, logprobs=[] if params.logprobs is not None else None,
-                                     parent=req.seqs[0] if i else None))
+                                     parent=req.seqs[0] if i else None,
+                                     prompt_logprobs=[None] if params.prompt_logprobs is not None and i == 0
+                                     else None))
+            if grammar is not None:
+                req.seqs[-1].matcher = structured.new_matcher(grammar)
         req.stop_ids = stop_ids
         self._ensure_thread()
         self._inbox.put(("add", req))
@@ -194,6 +231,15 @@ class Engine:
         all_done.wait()
         return results
 
+    def score(self, prompts: list, k: int = 0) -> list[list[dict | None]]:
+        """Prompt logprobs of each prompt (text or token ids), nothing generated: per token
+        {"token_id", "logprob", "top": [(id, logprob), ...k]}, the first entry None. Batched and chunked
+        through the step loop like any prompt."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        p = SamplingParams(max_tokens=0, temperature=0, prompt_logprobs=k)
+        return [c.prompt_logprobs for c in self.generate(list(prompts), p)]
+
     def beam_search(self, prompt, params: SamplingParams, cancelled=None) -> Completion | None:
         """Runs outside the continuous batch (its beams live in a private cache), one step at a time on the
         compute thread between the batch's steps. Returns None once cancelled() (checked every step) is true."""
@@ -207,8 +253,6 @@ class Engine:
             text = (self.tokenizer.decode(toks, skip_special_tokens=params.skip_special_tokens)
                     if self.tokenizer is not None else "")
             choices.append(Choice(i, text, toks, reason))
-        from ember.engine.scheduler import Usage
-
         return Completion(uuid.uuid4().hex, ids, choices, Usage(len(ids), sum(len(c.token_ids) for c in choices)))
 
     async def stream(self, prompt, params: SamplingParams, request_id: str | None = None):
@@ -278,7 +322,7 @@ class Engine:
                 self._wake.clear()
                 continue
             try:
-                compute.run(self._step)
+                self._step()
             except compute.Closed:  # the process is exiting with requests still running: nothing to report
                 return
             except Exception:  # noqa: BLE001 - a bug must end the requests, not hang their callers
@@ -288,28 +332,67 @@ class Engine:
                         if s.finish_reason is None:
                             self._finish(s, "error", [], None)
 
-    @torch.inference_mode()
     def _step(self) -> None:
-        """One forward over every running sequence; runs on the compute thread (engine/compute.py) while
-        the engine thread waits, so the scheduler is never touched by two threads at once."""
-        decode, prefill, copies = self.sched.schedule()
-        for src, dst, n in copies:
-            self.cache.copy_slot(src, dst, n)
-        want = [s.n_cached + n == len(s.prompt_ids) for s, n in prefill]
-        b = make_batch([(s.slot, s.n_cached, s.output_ids[-1]) for s in decode],
-                       [(s.slot, s.n_cached, s.prompt_ids[s.n_cached : s.n_cached + n]) for s, n in prefill], want)
-        logits = self.model.forward(b, self.cache)
-        for s in decode:
-            s.n_cached += 1
-        for s, n in prefill:
-            s.n_cached += n
-        rows = decode + [s for (s, _), w in zip(prefill, want) if w]
-        self.steps += 1
-        if not rows:
+        """schedule -> execute -> update (vLLM's EngineCore.step). Runs on the engine thread; only the
+        execution runs on the compute thread, so the scheduler is only ever touched by this thread."""
+        out = self.sched.schedule()
+        if out.empty:
             return
+        result = compute.run(self._execute, out)
+        self.steps += 1
+        self.sched.update(out)
+        for s, lps in result.prompt_logprobs:
+            s.prompt_logprobs.extend(lps)
+        for (s, _), last in zip(out.prefill, out.last_chunk):
+            if last and s.max_tokens == 0:  # a scoring request: the prompt is all it asked for
+                self._finish(s, "length", [], None)
+        for s, t, lp in result.sampled:
+            self._advance(s, t, lp)
+
+    @torch.inference_mode()
+    def _execute(self, out: SchedulerOutput) -> "StepResult":
+        """One forward over the step's tokens, then sampling of every row that needs a next token and the
+        logprobs asked for. Touches no scheduler state: it reads the sequences, the update writes them."""
+        for src, dst, n in out.copies:
+            self.cache.copy_slot(src, dst, n)
+        b = make_batch([(s.slot, s.n_cached, s.output_ids[-1]) for s in out.decode],
+                       [(s.slot, s.n_cached, s.prompt_ids[s.n_cached : s.n_cached + n]) for s, n in out.prefill],
+                       out.last_chunk)
+        # Logit rows: every decode token; every position of a chunk whose prompt is scored; else the last
+        # position of a prompt's last chunk. rows[i] is the sequence sampled from logits row sample_at[i].
+        index, rows, scoring = list(range(len(out.decode))), list(out.decode), []
+        sample_at = list(range(len(out.decode)))
+        off = len(out.decode)
+        for (s, n), last in zip(out.prefill, out.last_chunk):
+            if s.prompt_logprobs is not None:
+                scoring.append((s, len(index), n))
+                index.extend(range(off, off + n))
+            elif last:
+                index.append(off + n - 1)
+            if last and s.max_tokens > 0:
+                rows.append(s)
+                sample_at.append(len(index) - 1)
+            off += n
+        if scoring:
+            b.logit_index = torch.tensor(index, dtype=torch.long)
+        logits = self.model.forward(b, self.cache)
+        res = StepResult()
+        for s, r0, n in scoring:
+            targets = s.prompt_ids[s.n_cached + 1 : s.n_cached + n + 1]  # position p predicts token p + 1
+            if targets:
+                k = s.params.prompt_logprobs
+                res.prompt_logprobs.append((s, token_logprobs(logits[r0 : r0 + len(targets)],
+                                                              torch.tensor(targets), k, rank=True)))
+        if not rows:
+            return res
+        if len(sample_at) != logits.shape[0]:
+            logits = logits[sample_at]
         lp_rows = [i for i, s in enumerate(rows) if s.logprobs is not None]
         raw = logits[lp_rows].clone() if lp_rows else None
         params = [s.params for s in rows]
+        con = [i for i, s in enumerate(rows) if s.matcher is not None]
+        if con:  # rows without a constraint pay nothing
+            self._structured.apply_masks(logits, con, [rows[i].matcher for i in con])
         toks = sample(logits, params, [s.generator for s in rows], [s.prompt_ids for s in rows],
                       [s.output_ids for s in rows])
         lps = {}
@@ -318,8 +401,8 @@ class Engine:
             for i, lp in zip(lp_rows, token_logprobs(raw, toks[lp_rows], k)):
                 lp["top"] = lp["top"][: rows[i].params.logprobs]
                 lps[i] = lp
-        for i, (s, t) in enumerate(zip(rows, toks.tolist())):
-            self._advance(s, t, lps.get(i))
+        res.sampled = [(s, t, lps.get(i)) for i, (s, t) in enumerate(zip(rows, toks.tolist()))]
+        return res
 
     def _advance(self, s: Sequence, t: int, lp: dict | None) -> None:
         s.output_ids.append(t)
@@ -327,6 +410,13 @@ class Engine:
         if lp is not None:
             s.logprobs.append(lp)
         lps = [lp] if lp is not None else None
+        if s.matcher is not None:
+            state = structured.advance(s.matcher, t)
+            if state == "error":  # the grammar engine gave up (fuel exhausted): the output is incomplete
+                log.warning("constraint of request %s failed: %s", s.request.request_id, s.matcher.get_error())
+                return self._finish(s, "length", [t], lps, s.detok.add(t) if t not in s.request.stop_ids else "")
+            if state == "stop" and t not in s.request.stop_ids:  # complete: nothing more may follow
+                return self._finish(s, "stop", [t], lps, s.detok.add(t))
         if t in s.request.stop_ids:
             return self._finish(s, "stop", [t], lps)
         text = s.detok.add(t)
@@ -334,7 +424,8 @@ class Engine:
             return self._finish(s, "stop", [t], lps, text)
         if len(s.output_ids) >= s.max_tokens or s.n_cached + 1 >= self.context_length:
             return self._finish(s, "length", [t], lps, text)
-        self._emit(s.request, Delta(s.request.request_id, s.index, text, [t], lps))
+        self._emit(s.request, Delta(s.request.request_id, s.index, text, [t], lps,
+                                    prompt_logprobs=_take_prompt_logprobs(s)))
 
     def _emit(self, req: Request, d: Delta) -> None:
         # A consumer that went away (closed event loop) must not take the whole batch down with it.
@@ -353,7 +444,24 @@ class Engine:
         if req.finished:
             usage = req.usage()
             self._requests.pop(req.request_id, None)
-        self._emit(req, Delta(req.request_id, s.index, text + s.detok.flush(), toks, lps, reason, usage))
+        self._emit(req, Delta(req.request_id, s.index, text + s.detok.flush(), toks, lps, reason, usage,
+                              _take_prompt_logprobs(s)))
+
+
+def _take_prompt_logprobs(s: Sequence) -> list | None:
+    """A sequence's prompt logprobs, once: on its first delta."""
+    if s.prompt_logprobs is None or s.prompt_logprobs_sent:
+        return None
+    s.prompt_logprobs_sent = True
+    return s.prompt_logprobs
+
+
+@dataclass
+class StepResult:
+    """What the compute thread hands back from one step (vLLM's ModelRunnerOutput)."""
+
+    sampled: list[tuple[Sequence, int, dict | None]] = field(default_factory=list)  # (seq, token, logprob)
+    prompt_logprobs: list[tuple[Sequence, list[dict]]] = field(default_factory=list)  # this step's chunk of each
 
 
 class _Collector:
@@ -362,6 +470,7 @@ class _Collector:
     def __init__(self, prompt_ids: list[int]):
         self.prompt_ids = prompt_ids
         self.choices: dict[int, Choice] = {}
+        self.prompt_logprobs = None
 
     def add(self, d: Delta) -> None:
         c = self.choices.setdefault(d.index, Choice(d.index, "", [], None, None))
@@ -371,6 +480,15 @@ class _Collector:
             c.logprobs = (c.logprobs or []) + d.logprobs
         if d.finish_reason:
             c.finish_reason = d.finish_reason
+        if d.prompt_logprobs is not None:
+            self.prompt_logprobs = d.prompt_logprobs
 
     def completion(self, last: Delta) -> Completion:
-        return Completion(last.request_id, self.prompt_ids, [self.choices[i] for i in sorted(self.choices)], last.usage)
+        return Completion(last.request_id, self.prompt_ids, [self.choices[i] for i in sorted(self.choices)],
+                          last.usage, self.prompt_logprobs)
+
+
+def _json_key(v) -> str:
+    import json
+
+    return json.dumps(v, sort_keys=True)

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ember.engine.structured import Constraint
 from ember.errors import InvalidRequest
 
 
 @dataclass
 class SamplingParams:
-    max_tokens: int | None = 16  # None: up to the context length
+    max_tokens: int | None = 16  # None: up to the context length; 0: score the prompt, generate nothing
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1: off
@@ -34,11 +35,18 @@ class SamplingParams:
     # logprobs: None (off) or k >= 0: the sampled token's logprob plus the k most likely alternatives,
     # computed from the model's distribution before any processing (as vLLM's default does).
     logprobs: int | None = None
+    # prompt_logprobs: None (off) or k >= 0: each prompt token's logprob (the first has none) plus the k
+    # most likely alternatives at its position (vLLM's prompt_logprobs; what `echo` + `logprobs` return).
+    prompt_logprobs: int | None = None
     use_beam_search: bool = False
     num_beams: int = 1  # > 1 implies beam search
     length_penalty: float = 1.0
     early_stopping: bool | str = False  # True, False or "never", as in transformers
     skip_special_tokens: bool = True
+    # Prefix-cache reuse only between requests with equal salts (the server sets key id + cache_salt).
+    cache_salt: str | None = None
+    # Constrained decoding (engine/structured.py): JSON schema, JSON object, regex, choice or grammar.
+    constraint: "Constraint | None" = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -57,8 +65,8 @@ class SamplingParams:
         def bad(name, why):
             raise InvalidRequest(f"{name} {why}", param=name)
 
-        if self.max_tokens is not None and self.max_tokens < 1:
-            bad("max_tokens", "must be at least 1")
+        if self.max_tokens is not None and self.max_tokens < 0:
+            bad("max_tokens", "must be at least 0")
         if self.temperature < 0:
             bad("temperature", "must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -75,8 +83,17 @@ class SamplingParams:
             bad("n", "must be at least 1")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             bad("logprobs", "must be in [0, 20]")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= 20:
+            bad("prompt_logprobs", "must be in [0, 20]")
         if self.use_beam_search and self.n > self.num_beams:
             bad("n", "must not exceed num_beams")
+        if self.use_beam_search and self.prompt_logprobs is not None:
+            bad("prompt_logprobs", "is not supported with beam search")
+        if self.use_beam_search and self.max_tokens == 0:
+            bad("max_tokens", "must be at least 1 with beam search")
+        if self.use_beam_search and self.constraint is not None:
+            raise InvalidRequest("beam search cannot be combined with structured output (response_format, "
+                                 "guided_*, tools)", param="use_beam_search")
 
     @property
     def greedy(self) -> bool:
@@ -93,7 +110,7 @@ def seeded_generator(seed: int | None, index: int = 0) -> torch.Generator:
         g.seed()
     else:
         # Choice i of a request with n > 1 gets its own stream, still fully determined by the seed.
-        g.manual_seed(seed * 1000003 + index)
+        g.manual_seed((seed * 1000003 + index) % 2**64)  # any int64 seed stays in range
     return g
 
 
@@ -153,13 +170,18 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list[
     return out
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> list[dict]:
-    """Per row: {"token_id", "logprob", "top": [(id, logprob), ...]} from the unprocessed logits."""
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, k: int, rank: bool = False) -> list[dict]:
+    """Per row: {"token_id", "logprob", "top": [(id, logprob), ...]} from the unprocessed logits; with rank,
+    also the token's 1-based rank in the distribution (vLLM's prompt_logprobs carry it)."""
     lp = torch.log_softmax(logits, dim=-1)
-    chosen = lp.gather(1, tokens[:, None])[:, 0].tolist()
+    chosen_t = lp.gather(1, tokens[:, None])
+    chosen = chosen_t[:, 0].tolist()
+    ranks = ((lp > chosen_t).sum(dim=-1) + 1).tolist() if rank else None
     tops = lp.topk(k, dim=-1) if k > 0 else None
     res = []
     for r in range(logits.shape[0]):
         top = list(zip(tops.indices[r].tolist(), tops.values[r].tolist())) if tops is not None else []
         res.append({"token_id": int(tokens[r]), "logprob": chosen[r], "top": top})
+        if ranks is not None:
+            res[-1]["rank"] = ranks[r]
     return res

@@ -8,11 +8,19 @@ running streams by at most one budget's worth of tokens per step. Each sequence 
 cache slot of max_seq_len positions for its whole life; a request is admitted only when a slot is free,
 so a full cache makes new requests wait, and nothing is ever truncated or preempted.
 
+Each step is vLLM's three phases (`Engine._step`): `schedule()` returns a `SchedulerOutput` (which sequences
+decode, which prefill how many prompt tokens, which cache copies come first), the model executes it on the
+compute thread, and `update()` advances every scheduled sequence's cache position and state. A sequence's
+state is named (`SeqState`): waiting -> prefilling -> decoding -> finished; a scoring sequence
+(max_tokens 0) goes from prefilling straight to finished.
+
 Prefix reuse: a freed slot keeps its keys and values until a new owner overwrites them, and the
 scheduler remembers which tokens they belong to. A new prompt takes the free slot that already holds its
-longest prefix (at least MIN_REUSE tokens) and computes only the rest: the next turn of a chat, or
+longest prefix (at least MIN_REUSE tokens) and computes only the rest (only between requests with
+the same `SamplingParams.cache_salt`: the server gives each API key its own): the next turn of a chat, or
 another request with the same system prompt, skips the part already computed (reported as
-`cached_tokens`, like OpenAI's `prompt_tokens_details.cached_tokens`).
+`cached_tokens`, like OpenAI's `prompt_tokens_details.cached_tokens`). A sequence that wants its prompt's
+logprobs takes no held prefix: every position's logits must be computed.
 """
 
 import heapq
@@ -20,15 +28,22 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
 from ember.engine.detok import Detokenizer
 from ember.engine.sampling import SamplingParams
 
-
 # Fewer shared tokens than this are not worth breaking the lowest-free-slot order for.
 MIN_REUSE = 16
+
+
+class SeqState(str, Enum):
+    WAITING = "waiting"  # queued, no cache slot yet
+    PREFILLING = "prefilling"  # holds a slot; prompt tokens still to compute
+    DECODING = "decoding"  # prompt computed; one new token per step
+    FINISHED = "finished"  # stopped, hit a limit, or aborted; its slot is free
 
 
 @dataclass
@@ -54,6 +69,9 @@ class Delta:
     logprobs: list[dict] | None = None  # per new token: {"token_id", "logprob", "top": [(id, lp), ...]}
     finish_reason: str | None = None  # "stop", "length" or "abort"
     usage: Usage | None = None
+    # On the first delta of choice 0 when params.prompt_logprobs is set: one entry per prompt token, the
+    # first None (nothing predicts it), the others shaped like `logprobs` entries.
+    prompt_logprobs: list[dict | None] | None = None
 
 
 @dataclass
@@ -71,6 +89,7 @@ class Completion:
     prompt_token_ids: list[int]
     choices: list[Choice]
     usage: Usage
+    prompt_logprobs: list[dict | None] | None = None
 
     @property
     def text(self) -> str:
@@ -93,10 +112,18 @@ class Sequence:
     finish_reason: str | None = None
     parent: "Sequence | None" = None  # choice 0 of the same request (n > 1): its prompt cache is copied, not recomputed
     cached_tokens: int = 0  # prompt positions found already in the slot it was given (prefix reuse)
+    state: SeqState = SeqState.WAITING
+    # [None, lp(token 1), ...] as the prompt's chunks are computed (params.prompt_logprobs set); else None.
+    prompt_logprobs: list[dict | None] | None = None
+    prompt_logprobs_sent: bool = False
+    matcher: object = None  # llguidance matcher of a constrained sequence (engine/structured.py)
 
     @property
-    def prefilled(self) -> bool:
-        return self.n_cached >= len(self.prompt_ids)
+    def prefill_len(self) -> int:
+        """Prompt positions to compute. Scoring only (max_tokens 0, prompt logprobs wanted), the last token
+        predicts nothing, so its keys, values and logits are never needed."""
+        n = len(self.prompt_ids)
+        return n - 1 if self.max_tokens == 0 and self.prompt_logprobs is not None and n > 1 else n
 
 
 @dataclass
@@ -116,29 +143,46 @@ class Request:
         return Usage(len(self.prompt_ids), sum(len(s.output_ids) for s in self.seqs), self.seqs[0].cached_tokens)
 
 
+@dataclass
+class SchedulerOutput:
+    """What one step computes (vLLM's SchedulerOutput). `last_chunk[i]` tells whether prefill[i] finishes
+    its sequence's prompt, so that the step's logits at its last position give the first output token."""
+
+    decode: list[Sequence]
+    prefill: list[tuple[Sequence, int]]  # (sequence, prompt tokens computed this step from s.n_cached on)
+    copies: list[tuple[int, int, int]]  # (from slot, to slot, positions), done before the forward
+    last_chunk: list[bool] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.decode and not self.prefill
+
+
 class Scheduler:
     def __init__(self, max_slots: int, step_tokens: int):
         self.max_slots, self.step_tokens = max_slots, step_tokens
         self.free = list(range(max_slots))  # a heap: the lowest free slot first keeps the decode range dense
         self.held: list[list[int]] = [[] for _ in range(max_slots)]  # tokens whose K/V a free slot still holds
+        self.held_salt: list[str | None] = [None] * max_slots  # whose they are: reused only with an equal salt
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._ids = itertools.count()
 
     def add(self, seqs: list[Sequence]) -> None:
+        for s in seqs:
+            s.state = SeqState.WAITING
         self.waiting.extend(seqs)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def schedule(self) -> tuple[list[Sequence], list[tuple[Sequence, int]], list[tuple[int, int, int]]]:
-        """-> (decode sequences, [(prefill sequence, chunk length)], [(from slot, to slot, positions)]) for
-        the next step; the cache copies must happen before the step's forward."""
-        decode = [s for s in self.running if s.prefilled]
+    def schedule(self) -> SchedulerOutput:
+        """The next step: every decoding sequence, then prefill chunks in arrival order within the budget."""
+        decode = [s for s in self.running if s.state is SeqState.DECODING]
         budget = max(self.step_tokens - len(decode), 1)
         prefill, copies = [], []
         for s in self.running:
-            if not s.prefilled and budget > 0:
+            if s.state is SeqState.PREFILLING and budget > 0:
                 n = self._prefill_len(s, budget, copies)
                 if n:
                     prefill.append((s, n))
@@ -146,12 +190,22 @@ class Scheduler:
         while self.waiting and self.free and budget > 0:
             s = self.waiting.popleft()
             s.slot = self._take_slot(s)
+            s.state = SeqState.PREFILLING
             self.running.append(s)
             n = self._prefill_len(s, budget, copies)
             if n:
                 prefill.append((s, n))
                 budget -= n
-        return decode, prefill, copies
+        return SchedulerOutput(decode, prefill, copies, [s.n_cached + n == s.prefill_len for s, n in prefill])
+
+    def update(self, out: SchedulerOutput) -> None:
+        """After the step's forward: the computed positions are in the cache; a finished prompt decodes next."""
+        for s in out.decode:
+            s.n_cached += 1
+        for (s, n), last in zip(out.prefill, out.last_chunk):
+            s.n_cached += n
+            if last:
+                s.state = SeqState.DECODING
 
     @staticmethod
     def _prefill_len(s: Sequence, budget: int, copies: list) -> int:
@@ -167,15 +221,15 @@ class Scheduler:
                 copies.append((p.slot, s.slot, shared))
                 s.n_cached = shared
             s.parent = None
-        return min(len(s.prompt_ids) - s.n_cached, budget)
+        return min(s.prefill_len - s.n_cached, budget)
 
     def _take_slot(self, s: Sequence) -> int:
         """The free slot already holding the longest prefix of s's prompt, else the lowest free slot."""
         best, best_n = -1, MIN_REUSE - 1
         prompt = s.prompt_ids
-        for slot in self.free:
+        for slot in self.free if s.prompt_logprobs is None else ():
             held = self.held[slot]
-            if len(held) <= best_n or held[0] != prompt[0]:
+            if len(held) <= best_n or held[0] != prompt[0] or self.held_salt[slot] != s.params.cache_salt:
                 continue
             n = _common_prefix(held, prompt)
             if n > best_n or (n == best_n and slot < best):
@@ -192,9 +246,11 @@ class Scheduler:
 
     def release(self, seq: Sequence) -> None:
         """Frees the slot of a finished or aborted sequence; a waiting one can take it in the next step."""
+        seq.state = SeqState.FINISHED
         if seq.slot >= 0:
             # Positions [0, n_cached) hold the K/V of these tokens (the last sampled token was never fed).
             self.held[seq.slot] = (seq.prompt_ids + seq.output_ids)[: seq.n_cached]
+            self.held_salt[seq.slot] = seq.params.cache_salt
             heapq.heappush(self.free, seq.slot)
             seq.slot = -1
             self.running.remove(seq)

@@ -22,7 +22,10 @@ from ember.config import Settings
 from ember.errors import Conflict, InvalidRequest, NotFound
 
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
-_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+# Unambiguous (each digit can only be matched one way), so matching is linear; gates are also length-capped
+# before the regex sees them (a 50,000-digit gate once froze the server for minutes).
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+MAX_GATE_CHARS = 200
 _GATE = re.compile(
     rf"^\s*(?P<lhs>[A-Za-z0-9_.-]+)\s*(?P<op>>=|<=|==|>|<)\s*(?:"
     rf"(?P<num>{_NUM})"
@@ -51,6 +54,8 @@ class Gate:
 
 
 def parse_gate(text: str) -> Gate:
+    if not isinstance(text, str) or len(text) > MAX_GATE_CHARS:
+        raise InvalidRequest(f"a gate is at most {MAX_GATE_CHARS} characters", param="gate")
     m = _GATE.match(text or "")
     if not m:
         raise InvalidRequest(f"cannot parse gate {text!r}: use METRIC OP VALUE, e.g. 'bleu>=current', "

@@ -8,8 +8,9 @@
 
 BLEU and chrF are sacrebleu's corpus scores on detokenized text; ROUGE is rouge-score (Porter stemming, the mean
 of per-example F-measures); perplexity scores text with rolling windows as lm-evaluation-harness's
-`loglikelihood_rolling` does. Entity-level F1 follows seqeval's default (conlleval) chunking, written in
-engine/bio.py (the tagger's entities use the same rule) because seqeval is not a dependency.
+`loglikelihood_rolling` does, through the engine's score path (no second copy of the model). Entity-level F1
+follows seqeval's default (conlleval) chunking, written in engine/bio.py (the tagger's entities use the same
+rule) because seqeval is not a dependency.
 """
 
 import math
@@ -17,7 +18,6 @@ import re
 import string
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from ember.engine.bio import get_entities
 from ember.errors import InvalidRequest
@@ -197,30 +197,28 @@ class LoglikelihoodResult:
                 "word_perplexity": self.word_perplexity, "tokens": self.tokens, "bytes": self.bytes}
 
 
-_lm_cache: dict[str, tuple] = {}
-_lm_lock = threading.Lock()
+_engines: dict[tuple, object] = {}
+_engines_lock = threading.Lock()
+DEFAULT_MAX_LENGTH = 4096
 
 
-def load_lm(model_ref, settings=None):
-    """(model, tokenizer) of a registry reference or a HF folder, loaded once per process with transformers."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def scoring_engine(model_ref, settings=None, max_length: int | None = None):
+    """The engine that scores for a registry reference or HF folder, loaded once per process and window size
+    (one at a time: evaluation runs are sequential). An Engine passes through."""
+    from ember.engine.engine import Engine
 
-    if isinstance(model_ref, Path) or (isinstance(model_ref, str) and Path(model_ref).is_dir()):
-        folder = Path(model_ref)
-    else:
-        from ember.store import registry
-
-        folder = registry.materialize(model_ref, settings)
-    key = str(folder.resolve())
-    with _lm_lock:
-        if key not in _lm_cache:
-            # Plain safetensors folders only: never trust_remote_code (DESIGN.md, "Only safe formats").
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=False)
-            model.eval()
-            _lm_cache.clear()  # one model at a time: evaluation runs are sequential and memory is shared
-            _lm_cache[key] = (model, AutoTokenizer.from_pretrained(folder, trust_remote_code=False))
-        return _lm_cache[key]
+    if isinstance(model_ref, Engine):
+        return model_ref
+    key = (str(model_ref), max_length, None if settings is None else str(settings.home))
+    with _engines_lock:
+        if key not in _engines:
+            for old in _engines.values():
+                old.close()
+            _engines.clear()
+            # A window of max_length inputs scores max_length + 1 tokens (the last one is never fed).
+            _engines[key] = Engine.load(model_ref, settings, max_slots=8,
+                                        max_seq_len=max_length or DEFAULT_MAX_LENGTH)
+        return _engines[key]
 
 
 def rolling_windows(n: int, max_length: int) -> list[tuple[int, int, int]]:
@@ -237,28 +235,22 @@ def rolling_windows(n: int, max_length: int) -> list[tuple[int, int, int]]:
 
 def loglikelihood_rolling(model_ref, text: str, *, max_length: int | None = None, prefix_token: int | None = None,
                           settings=None) -> LoglikelihoodResult:
-    """Summed log-likelihood of `text` under a causal LM.
+    """Summed log-likelihood of `text` under a causal LM, scored by the engine (`Engine.score`: the windows
+    are prompts whose per-position logprobs are summed; nothing is generated). `model_ref` is an Engine, a
+    registry reference or a HF folder.
 
     The first token is scored only when there is a token to condition it on: the tokenizer's own BOS when it
     adds one, or `prefix_token` (lm-evaluation-harness passes EOS). Without either (SmolLM2) the first token is
     context, which is exactly what transformers' `model(ids, labels=ids).loss` scores."""
-    import torch
-
-    model, tok = load_lm(model_ref, settings)
-    ids = tok(text)["input_ids"]
+    engine = scoring_engine(model_ref, settings, max_length)
+    ids = engine.tokenizer(text)["input_ids"]
     if prefix_token is not None:
         ids = [int(prefix_token), *ids]
     if len(ids) < 2:
         raise InvalidRequest("the text is too short to score: it needs at least two tokens")
-    max_length = max_length or min(int(getattr(model.config, "max_position_embeddings", 2048) or 2048), 4096)
-    stream = torch.tensor(ids)
-    total = 0.0
-    with torch.inference_mode():
-        for i0, s, e in rolling_windows(len(ids), max_length):
-            inp = stream[i0:e - 1].unsqueeze(0)
-            logits = model(inp).logits[0].float()
-            logp = torch.log_softmax(logits[s - 1 - i0:], dim=-1)
-            total += logp.gather(-1, stream[s:e].unsqueeze(-1)).sum().item()
+    windows = rolling_windows(len(ids), max_length or engine.context_length)
+    scored = engine.score([ids[i0:e] for i0, _, e in windows])
+    total = sum(lp["logprob"] for (i0, s, _), lps in zip(windows, scored) for lp in lps[s - i0:])
     return LoglikelihoodResult(total, len(ids) - 1, len(text.encode("utf-8")), max(len(text.split()), 1))
 
 

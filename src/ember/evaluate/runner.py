@@ -4,7 +4,8 @@
 
 Generation (generate, classify and tag on causal LMs) runs through Ember's engine, a batch of `batch_size`
 prompts at a time so progress can be reported; decoding is greedy unless the task sets a temperature (then
-seeded, so a rerun gives the same numbers). Perplexity is scored with transformers (metrics.loglikelihood_rolling).
+seeded, so a rerun gives the same numbers). Perplexity (metrics.loglikelihood_rolling) and multiple choice
+(evaluate/choice.py) are scored by the same engine's score path (prompt logprobs, nothing generated).
 Encoder classifiers / taggers (`*ForSequenceClassification`, `*ForTokenClassification`) run through the
 engine's Encoder (engine/encoders.py), the same path `POST /v1/classify` and `/v1/tag` serve.
 """
@@ -13,7 +14,6 @@ import time
 from collections.abc import Callable
 
 from ember.config import Settings, get_settings
-from ember.engine import compute
 from ember.errors import InvalidRequest
 from ember.evaluate import metrics as M
 from ember.evaluate.tasks import Task, load_examples, render
@@ -31,8 +31,9 @@ def run(ref: str, task: Task, *, settings: Settings | None = None, limit: int | 
     examples = load_examples(task, limit)
     started = time.perf_counter()
     if task.type == "perplexity":
-        # transformers' forwards run on the compute thread, where the engine's steps run (engine/compute.py).
-        metrics, outputs = compute.run(_perplexity, info.ref, task, examples, settings, on_progress)
+        metrics, outputs = _perplexity(info.ref, task, examples, settings, on_progress)
+    elif task.type == "multiple_choice":
+        metrics, outputs = _multiple_choice(info.ref, task, examples, settings, on_progress)
     else:
         arch = " ".join(info.metadata.get("architectures") or [str(info.metadata.get("architecture", ""))])
         if task.type in ("classify", "tag") and ("ForSequenceClassification" in arch or "ForTokenClassification"
@@ -43,7 +44,7 @@ def run(ref: str, task: Task, *, settings: Settings | None = None, limit: int | 
         metrics, signatures = score(task, preds, [ex[task.reference] for ex in examples], outputs)
     used = {**task.settings(), "source": task.source, "examples": len(examples), "limit": limit,
             "seconds": round(time.perf_counter() - started, 2)}
-    if task.type != "perplexity":
+    if task.type not in ("perplexity", "multiple_choice"):
         used["signatures"] = signatures
     result = {"ref": info.ref, "task": task.name, "task_digest": task.digest,
               "data_digest": task.data_digest(limit), "settings": used, "metrics": metrics}
@@ -81,6 +82,12 @@ def score(task: Task, preds: list, refs: list, outputs: list[dict] | None = None
         for o, p in zip(outputs, preds):
             o["prediction"] = p
     return out, sigs
+
+
+def _multiple_choice(ref, task, examples, settings, on_progress):
+    from ember.evaluate import choice
+
+    return choice.run(M.scoring_engine(ref, settings), task, examples, on_progress)
 
 
 def _perplexity(ref, task, examples, settings, on_progress):

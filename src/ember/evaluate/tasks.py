@@ -1,11 +1,12 @@
 """Evaluation task files: a YAML naming a JSONL data file, a prompt template, a reference field and metrics.
 
     ember eval smollm2-135m-instruct --task my-task.yaml
-    ember eval smollm2-135m-instruct --task builtin:generate     # builtin: perplexity, generate, classify, tag
+    ember eval smollm2-135m-instruct --task builtin:generate     # builtin: perplexity, generate, classify, tag,
+                                                                 # choice
 
 A task file (every key is checked; an unknown or malformed key is an InvalidRequest naming it):
 
-    type: generate            # generate (default) | perplexity | classify | tag
+    type: generate            # generate (default) | perplexity | classify | tag | multiple_choice
     data: examples.jsonl      # relative to this YAML file
     prompt: "Question: {question}\\nAnswer:"   # {field} placeholders over each JSONL record; {{ }} are braces
     chat: true                # send the prompt as a user message through the model's chat template
@@ -16,6 +17,8 @@ A task file (every key is checked; an unknown or malformed key is an InvalidRequ
     labels: [positive, negative]   # classify: the label set (default: every reference seen)
     tokens: tokens            # tag: the field with the word list; reference holds one BIO tag per word
     files: [a.txt, b.txt]     # perplexity: text files (or data + text_field), max_length: window tokens
+    choices: choices          # multiple_choice: the field with the list of choices; `reference` holds the
+    target_delimiter: " "     #   gold index; prompt is the context; metrics acc, acc_norm, acc_bytes
 
 Templates are filled by plain substitution (no str.format, no Jinja): a task file cannot reach attributes or
 run code. The task digest covers every setting except where the data lives; the data digest covers the data.
@@ -32,15 +35,17 @@ import yaml
 from ember.errors import InvalidRequest, NotFound
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
-TYPES = ("generate", "perplexity", "classify", "tag")
+TYPES = ("generate", "perplexity", "classify", "tag", "multiple_choice")
 METRICS_BY_TYPE = {
     "generate": ("bleu", "chrf", "rouge", "exact_match"),
     "perplexity": ("perplexity", "bits_per_byte", "word_perplexity"),
     "classify": ("accuracy", "macro_f1", "exact_match"),
     "tag": ("entity_f1", "token_accuracy"),
+    "multiple_choice": ("acc", "acc_norm", "acc_bytes"),
 }
 KEYS = {"name", "description", "type", "data", "files", "text_field", "prompt", "system", "chat", "reference",
-        "metrics", "max_tokens", "temperature", "stop", "batch_size", "labels", "tokens", "input", "max_length"}
+        "metrics", "max_tokens", "temperature", "stop", "batch_size", "labels", "tokens", "input", "max_length",
+        "choices", "target_delimiter"}
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
 
 
@@ -66,13 +71,18 @@ class Task:
     input: str | None = None  # template for encoder classifiers/taggers (default: prompt)
     max_length: int | None = None
     description: str = ""
+    choices: str = "choices"  # multiple_choice: the field holding the choices
+    target_delimiter: str = " "  # multiple_choice: between the context and each choice (lm-eval's default)
 
     def settings(self) -> dict:
         """Everything that changes the numbers, except where the data lives (that is the data digest)."""
         return {"type": self.type, "prompt": self.prompt, "system": self.system, "chat": self.chat,
                 "reference": self.reference, "metrics": self.metrics, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, "stop": self.stop, "labels": self.labels, "tokens": self.tokens,
-                "input": self.input, "text_field": self.text_field, "max_length": self.max_length}
+                "input": self.input, "text_field": self.text_field, "max_length": self.max_length,
+                # only for this type, so the digests of the other types' tasks stay what they were
+                **({"choices": self.choices, "target_delimiter": self.target_delimiter}
+                   if self.type == "multiple_choice" else {})}
 
     @property
     def digest(self) -> str:
@@ -130,6 +140,9 @@ def load_task(spec: str | Path) -> Task:
     ttype = raw.get("type") or ("perplexity" if "files" in raw else "generate")
     if ttype not in TYPES:
         _bad("type", f"must be one of {', '.join(TYPES)}, not {ttype!r}", source)
+    for key in ("choices", "target_delimiter"):
+        if key in raw and ttype != "multiple_choice":
+            _bad(key, "belongs to multiple_choice tasks", source)
     t = Task(name=str(raw.get("name") or path.stem), type=ttype, source=source,
              description=str(raw.get("description") or ""))
     base = path.parent
@@ -154,7 +167,7 @@ def load_task(spec: str | Path) -> Task:
         _bad("data", "is required: a JSONL file of examples, relative to the task file", source)
 
     for key, kind in (("prompt", str), ("system", str), ("reference", str), ("text_field", str), ("tokens", str),
-                      ("input", str)):
+                      ("input", str), ("choices", str), ("target_delimiter", str)):
         if key in raw and raw[key] is not None:
             if not isinstance(raw[key], kind):
                 _bad(key, "must be a string", source)
@@ -171,6 +184,9 @@ def load_task(spec: str | Path) -> Task:
         if not isinstance(raw["chat"], bool):
             _bad("chat", "must be true or false", source)
         t.chat = raw["chat"]
+        if t.chat and ttype == "multiple_choice":
+            _bad("chat", "is not available for multiple_choice tasks (choices are scored on the plain context)",
+                 source)
     for key, lo in (("max_tokens", 1), ("batch_size", 1), ("max_length", 2)):
         if key in raw and raw[key] is not None:
             if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < lo:
@@ -197,7 +213,7 @@ def load_task(spec: str | Path) -> Task:
 def _parse_metrics(value, ttype: str, source: str) -> list[dict]:
     allowed = METRICS_BY_TYPE[ttype]
     if value is None:
-        return [{"name": m} for m in allowed if m != "exact_match" or ttype == "generate"]
+        return [{"name": m} for m in allowed if (m != "exact_match" or ttype == "generate") and m != "acc_bytes"]
     if not isinstance(value, list) or not value:
         _bad("metrics", f"must be a non-empty list of metric names ({', '.join(allowed)})", source)
     out = []

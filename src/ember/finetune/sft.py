@@ -21,8 +21,7 @@ import torch.nn.functional as F
 
 from ember.errors import InvalidRequest, Unsupported
 from ember.finetune import common, formats
-from ember.train import checkpoint as ckpt
-from ember.train import distributed
+from ember.train import checkpoint as ckpt, distributed
 from ember.train.loop import train
 
 IGNORE = -100

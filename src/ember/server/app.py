@@ -2,6 +2,9 @@
 
     ember serve                                     # smollm2-135m-instruct + minilm-l6-v2 on 127.0.0.1:8000
     ember serve --model my-model@production --port 9000 --max-queue 64 --require-key
+    ember serve --host 0.0.0.0 --allowed-hosts ember.internal --ssl-certfile cert.pem --ssl-keyfile key.pem
+
+Security defaults and limits are described in docs/security.md (server/hosts.py, server/limits.py).
 
 `create_app(config)` returns the app; models load in a background thread after startup so /health answers
 at once and /ready turns 200 when every model is loaded. Routes live in the routers listed in `ROUTERS`:
@@ -22,16 +25,20 @@ from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from ember.config import Settings, get_settings
-from ember.server import errors, metrics as metrics_mod
+from ember.server import errors, limits as limits_mod, metrics as metrics_mod
 from ember.server.auth import Auth, require_scope
+from ember.server.hosts import RequestGuard, default_allowed_hosts
 from ember.server.middleware import BodyLimit, RequestLog
 from ember.server.pool import Pool
 
 log = logging.getLogger("ember.server")
 # Every route of the server, one router per module (imported when an app is created).
-ROUTERS = ["ember.server.openai_api", "ember.server.tasks_api", "ember.server.rerank_api", "ember.server.platform_api",
+ROUTERS = ["ember.server.openai_api", "ember.server.responses_api", "ember.server.tasks_api",
+           "ember.server.rerank_api", "ember.server.files_api", "ember.server.fine_tuning_api",
+           "ember.server.batches_api", "ember.server.platform_api", "ember.server.jobs_api", "ember.server.usage_api",
            "ember.server.admin_api"]
 
 
@@ -46,9 +53,21 @@ class ServeConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     require_key: bool = False
     log_content: bool = False
+    redact_content: bool = True  # with log_content: e-mails, phones, cards, IBANs, IPs, secrets masked
     shutdown_timeout: float = 30.0
     quantize: str | None = None
+    workers: int = 1  # job slots of the worker this server runs (jobs/worker.py); 0: none
     settings: Settings | None = None
+    allowed_hosts: list[str] | None = None  # None: loopback names when bound to loopback, else any
+    allowed_origins: list[str] = field(default_factory=list)  # CORS; none by default
+    max_queue_per_key: int | None = None  # None: a quarter of max_queue
+    max_connections: int = 1024  # uvicorn limit_concurrency: beyond it 503
+    keep_alive_timeout: float = 5.0
+    header_timeout: float = 10.0  # seconds to receive a request's headers
+    body_timeout: float = 30.0  # seconds between two chunks of a request body
+    limits: limits_mod.RequestLimits = field(default_factory=limits_mod.RequestLimits)
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
 
 def _load_models(app: FastAPI) -> None:
@@ -69,8 +88,19 @@ def _load_models(app: FastAPI) -> None:
 async def _lifespan(app: FastAPI):
     loader = asyncio.get_running_loop().run_in_executor(None, _load_models, app)
     app.state.loader = loader
+    worker = None
+    if app.state.config.workers > 0:
+        from ember.jobs.worker import Worker
+        from ember.server.batch_runner import in_server
+
+        batches = in_server(app, asyncio.get_running_loop(), app.state.settings)
+        worker = Worker(app.state.settings, app.state.config.workers, pool=app.state.pool,
+                        in_process={"batch": batches}).start()
+    app.state.worker = worker
     yield
     app.state.draining = True
+    if worker is not None:  # running jobs stop; resumable ones go back to the queue
+        await asyncio.get_running_loop().run_in_executor(None, worker.stop)
     if not loader.done():
         await loader
     app.state.pool.close()
@@ -83,18 +113,35 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                   openapi_url=None)
     st = app.state
     st.config, st.settings = config, settings
+    per_key = config.max_queue_per_key if config.max_queue_per_key is not None else max(1, config.max_queue // 4)
     st.pool = Pool(config.models, settings, max_slots=config.max_slots, max_queue=config.max_queue,
-                   max_seq_len=config.max_seq_len, quantize=config.quantize)
+                   max_seq_len=config.max_seq_len, quantize=config.quantize, max_queue_per_key=per_key)
     st.metrics = metrics_mod.create(st.pool)
     st.auth = Auth(settings, require_key=config.require_key)
     st.log_content = config.log_content
+    st.limits = config.limits
+    st.parallel = limits_mod.Parallel()
     st.draining = False
     st.load_error = None
     st.on_fatal = None
     errors.install(app)
-    # Added innermost first: RequestLog wraps everything, so even a 413 is logged and counted.
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(RequestLog, metrics=st.metrics, log_content=config.log_content)
+    # Added innermost first: RequestLog wraps everything, so even a 413 is logged and counted; the guard
+    # (Host, Origin, JSON bodies, a bearer token before the body is read) runs before CORS and the body.
+    app.add_middleware(limits_mod.MessageCount, max_messages=config.limits.max_messages)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
+    if config.allowed_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.allowed_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                           allow_headers=["authorization", "content-type"],
+                           expose_headers=["x-request-id", "retry-after", "x-ratelimit-limit-requests",
+                                           "x-ratelimit-remaining-requests", "x-ratelimit-limit-tokens",
+                                           "x-ratelimit-remaining-tokens"])
+    app.add_middleware(RequestGuard, allowed_hosts=default_allowed_hosts(config.host, config.allowed_hosts),
+                       allowed_origins=config.allowed_origins, auth=st.auth)
+    app.add_middleware(RequestLog, metrics=st.metrics, log_content=config.log_content,
+                       redact=config.redact_content)
 
     @app.get("/health")
     async def health():
@@ -102,17 +149,20 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/ready")
     async def ready(request: Request):
+        # Without a valid key (when keys are on) only the state is shown: no model names, no load errors.
+        detail = await run_in_threadpool(_may_see_details, request)
         if st.load_error:
-            return errors.error_response(503, f"model loading failed: {st.load_error}", "service_unavailable")
+            why = f"model loading failed: {st.load_error}" if detail else "model loading failed"
+            return errors.error_response(503, why, "service_unavailable")
         if st.draining:
             return errors.error_response(503, "shutting down", "service_unavailable")
         if not st.pool.ready:
-            loaded = [m.id for m in st.pool.all() if m.loaded]
-            return JSONResponse({**errors.error_body("models are loading", "service_unavailable"),
-                                 "loaded": loaded, "models": st.pool.refs}, status_code=503)
-        return {"status": "ready", "models": [m.id for m in st.pool.all()]}
+            extra = {"loaded": [m.id for m in st.pool.all() if m.loaded], "models": st.pool.refs} if detail else {}
+            return JSONResponse({**errors.error_body("models are loading", "service_unavailable"), **extra},
+                                status_code=503)
+        return {"status": "ready", **({"models": [m.id for m in st.pool.all()]} if detail else {})}
 
-    @app.get("/metrics", dependencies=[Depends(require_scope("inference"))])
+    @app.get("/metrics", dependencies=[Depends(require_scope("admin", always=False))])
     async def metrics_endpoint():
         return Response(st.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -121,6 +171,20 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     from ember.server import console  # the web console at /ui (server/console/)
     console.install(app)
     return app
+
+
+def _may_see_details(request: Request) -> bool:
+    from ember.errors import EmberError
+    from ember.server.auth import bearer
+
+    auth: Auth = request.app.state.auth
+    if not auth.enabled():
+        return True
+    try:
+        auth.check(bearer(request), "inference")
+        return True
+    except EmberError:
+        return False
 
 
 def configure_logging() -> None:
@@ -154,9 +218,13 @@ def serve(config: ServeConfig) -> int:
             # graceful shutdown is a normal end for us: exit 0.
             self._captured_signals.clear()
 
+    from ember.server.slow_clients import header_timeout_protocol
+
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_config=None, access_log=False,
                         timeout_graceful_shutdown=config.shutdown_timeout, lifespan="on",
-                        timeout_keep_alive=30)
+                        timeout_keep_alive=config.keep_alive_timeout, limit_concurrency=config.max_connections,
+                        http=header_timeout_protocol(config.header_timeout), h11_max_incomplete_event_size=65536,
+                        ssl_certfile=config.ssl_certfile, ssl_keyfile=config.ssl_keyfile)
     server = Server(uv)
 
     def fatal():

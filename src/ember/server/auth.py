@@ -13,19 +13,26 @@ Routers add auth as a dependency. Other modules use the same one, e.g. the platf
     from ember.server.auth import require_scope
     router = APIRouter(prefix="/api", dependencies=[Depends(require_scope("admin"))])
 
-`require_scope("admin")` accepts only keys with the admin scope; `require_scope("inference")` accepts
-inference or admin keys. With keys off, both let every request through (a local, single-user server).
+`require_scope("admin")` accepts only keys with the admin scope, and always needs one: with no key created
+yet, admin routes are refused with how to create one (`ember keys create --name admin --scopes admin`).
+`require_scope("inference")` accepts inference or admin keys, and with keys off lets every request through
+(a local, single-user server). The key behind a request is `request.state.key` (a `keys.KeyInfo`, None when
+keys are off). Failed authentications are written to the audit log (at most a few per second).
 """
 
+import logging
 import threading
 import time
 
 from fastapi import Request
 
-from ember.errors import EmberError, Unauthorized
+from ember.errors import EmberError, Forbidden, Unauthorized
 from ember.store import keys
 
 TTL = 2.0
+log = logging.getLogger("ember.server")
+NO_ADMIN_KEY = ("admin routes need an admin API key and none exists yet: create one with "
+                "`ember keys create --name admin --scopes admin`, then send 'Authorization: Bearer <key>'")
 
 
 class Auth:
@@ -34,7 +41,8 @@ class Auth:
         self.require_key = require_key
         self._lock = threading.Lock()
         self._enabled: tuple[float, bool] = (0.0, False)
-        self._checked: dict[tuple[str, str], tuple[float, EmberError | None]] = {}
+        self._checked: dict[tuple[str, str], tuple[float, object]] = {}
+        self._audit_at, self._audit_dropped = 0.0, 0
 
     def enabled(self) -> bool:
         if self.require_key:
@@ -49,8 +57,9 @@ class Auth:
             self._enabled = (now, on)
         return on
 
-    def check(self, secret: str | None, scope: str) -> None:
-        """Raises Unauthorized/Forbidden unless `secret` is an active key with `scope` (cached for TTL)."""
+    def check(self, secret: str | None, scope: str, client: str = "") -> "keys.KeyInfo":
+        """The key behind `secret`; raises Unauthorized/Forbidden unless it is an active key with `scope`
+        (cached for TTL)."""
         if not secret:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
         digest = keys.hash_secret(secret)
@@ -59,17 +68,36 @@ class Auth:
             hit = self._checked.get((digest, scope))
         if hit is None or now - hit[0] >= TTL:
             try:
-                keys.check(secret, scope, self.settings)
-                err = None
+                result = keys.check(secret, scope, self.settings)
             except EmberError as e:
-                err = e
+                result = e
+                self._audit_failure(e, secret, client)
             with self._lock:
                 if len(self._checked) > 10_000:  # bounded: random junk keys must not grow memory
                     self._checked.clear()
-                self._checked[(digest, scope)] = (now, err)
-            hit = (now, err)
-        if hit[1] is not None:
+                self._checked[(digest, scope)] = (now, result)
+            hit = (now, result)
+        if isinstance(hit[1], EmberError):
             raise hit[1]
+        return hit[1]
+
+    def _audit_failure(self, e: EmberError, secret: str, client: str) -> None:
+        """One audit row per failure, at most 5 a second (a flood of junk keys must not become a flood of
+        database writes); the rows written say how many were dropped before them."""
+        from ember.store import audit
+
+        now = time.monotonic()
+        with self._lock:
+            if now - self._audit_at < 0.2:
+                self._audit_dropped += 1
+                return
+            self._audit_at, dropped, self._audit_dropped = now, self._audit_dropped, 0
+        try:
+            audit.record("auth.failed", client, actor="anonymous",
+                         detail={"reason": e.message, "code": e.code, "key_prefix": secret[:10],
+                                 "dropped_before": dropped}, settings=self.settings)
+        except Exception:  # noqa: BLE001 - auditing must not turn a 401 into a 500
+            log.warning("could not write the audit log", exc_info=True)
 
 
 def bearer(request: Request) -> str | None:
@@ -80,15 +108,22 @@ def bearer(request: Request) -> str | None:
     return token.strip()
 
 
-def require_scope(scope: str = "inference"):
+def require_scope(scope: str = "inference", always: bool = True):
     """A FastAPI dependency: the request must carry an active key with `scope` whenever keys are on.
+    always=False: an admin scope only once keys are on (/metrics of a local server stays open).
     Plain `def`, so FastAPI runs it in its thread pool and a database lookup never blocks the event loop."""
 
     def dependency(request: Request) -> None:
+        if request.scope.get("ember.internal"):
+            return  # an in-process call (a batch job's line, authorised when the job was created)
         auth: Auth = request.app.state.auth
+        request.state.key = None
         if auth.enabled():
-            auth.check(bearer(request), scope)
+            client = request.client.host if request.client else ""
+            request.state.key = auth.check(bearer(request), scope, client)
             request.state.authenticated = True
+        elif scope == "admin" and always:
+            raise Forbidden(NO_ADMIN_KEY, code="admin_key_required")
 
     dependency.__name__ = f"require_scope_{scope}"
     return dependency

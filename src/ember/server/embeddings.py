@@ -1,6 +1,6 @@
 """/v1/embeddings over the engine's encoder (`ember.engine.encoders.Encoder`: mean pooling + L2 normalisation).
 
-    curl localhost:8000/v1/embeddings -d '{"model": "minilm-l6-v2", "input": ["a", "b"]}'
+    curl localhost:8000/v1/embeddings --json '{"model": "minilm-l6-v2", "input": ["a", "b"]}'
 
 `embed(texts_or_ids) -> (vectors, token_counts)` is what the server calls, from a worker thread.
 """
@@ -18,7 +18,8 @@ class ServedEncoder:
         self.max_length = int(enc.max_seq_length)
 
     def embed(self, inputs: list):
-        counts = [len(x) if isinstance(x, list) else
+        # Usage counts the tokens the model reads: inputs are truncated to max_length, so is their count.
+        counts = [min(len(x), self.max_length) if isinstance(x, list) else
                   len(self.tokenizer(x, truncation=True, max_length=self.max_length)["input_ids"]) for x in inputs]
         texts = [self.tokenizer.decode(x, skip_special_tokens=True) if isinstance(x, list) else x for x in inputs]
         return self.enc.embed(texts), counts

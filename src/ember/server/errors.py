@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ember.errors import Conflict, EmberError, Overloaded
+from ember.server.schemas import validation_message
 
 log = logging.getLogger("ember.server")
 
@@ -25,6 +26,14 @@ class NotReady(EmberError):
     exit_code = 1
     status = 503
     type = "service_unavailable"
+
+
+class RequestTimeout(EmberError):
+    """A request ran past --request-timeout; what it generated so far is discarded (or ends the stream)."""
+
+    exit_code = 1
+    status = 504
+    type = "timeout"
 
 
 def error_body(message: str, type_: str, param: str | None = None, code=None) -> dict:
@@ -52,19 +61,7 @@ def from_ember(e: EmberError) -> JSONResponse:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    errs = exc.errors()
-    if not errs:
-        return "invalid request body", None
-    first = errs[0]
-    loc = [p for p in first.get("loc", ()) if p != "body"]
-    # pydantic appends union branches ("str", "list[int]") and list indices; the client's name is the field.
-    param = str(loc[0]) if loc else None
-    msg = first.get("msg", "invalid value")
-    if first.get("type") == "json_invalid":
-        return "the request body is not valid JSON", None
-    if first.get("type") == "missing" and param:
-        return f"missing required parameter {param!r}", param
-    return (f"invalid value for {param!r}: {msg}" if param else f"invalid request body: {msg}"), param
+    return validation_message(exc.errors())
 
 
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",

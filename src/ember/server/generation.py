@@ -1,7 +1,7 @@
 """One generation request as the server runs it: admission, the engine requests behind it (one per prompt),
 the merged stream of their deltas, abort on disconnect, and the metrics and log fields of the request.
 
-    curl -N localhost:8000/v1/completions -d '{"prompt": ["a", "b"], "n": 2, "stream": true}'
+    curl -N localhost:8000/v1/completions --json '{"prompt": ["a", "b"], "n": 2, "stream": true}'
 
 `Run.events()` yields `(prompt_index, Delta)` in arrival order; Delta.index is the choice within its prompt.
 Requests go to the engine with `add_request` rather than `stream` so that a bad request fails before any
@@ -18,6 +18,7 @@ import uuid
 from ember.engine.sampling import SamplingParams
 from ember.engine.scheduler import Delta
 from ember.errors import Overloaded
+from ember.server.errors import RequestTimeout
 from ember.server.pool import ServedModel
 
 
@@ -26,7 +27,12 @@ class Run:
                  request_id: str | None = None):
         self.served, self.prompts, self.params, self.metrics, self.record = served, prompts, params, metrics, record
         self.request_id = request_id or uuid.uuid4().hex
-        self.units = len(prompts) * (1 if params.use_beam_search else params.n)
+        # Every sequence the engine runs counts: n choices, or every beam of a beam search.
+        self.units = len(prompts) * (params.num_beams if params.use_beam_search else params.n)
+        self.tenant = None  # the API key id: admission is fair across keys
+        self.queue_timeout: float | None = None
+        self.deadline: float | None = None  # perf_counter time past which the request is ended (504)
+        self.ticket = None  # server.limits.Ticket: the key's token counters
         self.t_arrival = time.perf_counter()
         self.t_admitted = self.t_first = self.t_last = None
         self.prompt_tokens = self.completion_tokens = self.streamed_tokens = self.cached_tokens = 0
@@ -41,7 +47,11 @@ class Run:
     async def admit(self) -> None:
         """Waits for room (or raises Overloaded at once when the queue is full)."""
         try:
-            await self.served.admission.acquire(self.units)
+            await asyncio.wait_for(self.served.admission.acquire(self.units, self.tenant), self.queue_timeout)
+        except asyncio.TimeoutError:
+            self.metrics.rejected.labels(self.served.id).inc()
+            raise Overloaded(f"waited {self.queue_timeout:g}s in the queue without a free slot (--queue-timeout); "
+                             "retry later", retry_after=self.served.admission.retry_after()) from None
         except Overloaded:
             self.metrics.rejected.labels(self.served.id).inc()
             raise
@@ -63,7 +73,10 @@ class Run:
                 fut = loop.run_in_executor(None, engine.beam_search, ids, self.params, self._cancel.is_set)
                 fut.add_done_callback(lambda f, pi=pi, rid=rid: q.put_nowait(("beam", pi, rid, f)))
                 continue
-            cb = (lambda d, pi=pi: loop.call_soon_threadsafe(q.put_nowait, ("delta", pi, None, d)))
+
+            def cb(d, pi=pi):
+                loop.call_soon_threadsafe(q.put_nowait, ("delta", pi, None, d))
+
             try:
                 engine.add_request(ids, self.params, cb, request_id=rid)
             except BaseException:
@@ -77,7 +90,15 @@ class Run:
         q = self._q
         try:
             while self._pending:
-                kind, pi, rid, item = await q.get()
+                if self.deadline is None:
+                    kind, pi, rid, item = await q.get()
+                else:
+                    try:
+                        left = max(0.0, self.deadline - time.perf_counter())
+                        kind, pi, rid, item = await asyncio.wait_for(q.get(), left)
+                    except asyncio.TimeoutError:
+                        raise RequestTimeout("the request ran longer than the server's --request-timeout",
+                                             code="request_timeout") from None
                 if kind == "beam":
                     self._pending.discard(rid)
                     comp = item.result()  # re-raises an error of the beam search itself
@@ -100,6 +121,8 @@ class Run:
         now = time.perf_counter()
         if d.token_ids:
             self.streamed_tokens += len(d.token_ids)
+            if self.ticket is not None:
+                self.ticket.tokens(len(d.token_ids))
             if self.t_first is None:
                 self.t_first = now
                 self.metrics.ttft.labels(self.served.id).observe(now - self.t_arrival)
@@ -144,6 +167,8 @@ class Run:
         if self.aborted:  # no usage arrived: count what was generated before the abort
             self.completion_tokens = max(self.completion_tokens, self.streamed_tokens)
             self.prompt_tokens = self.prompt_tokens or sum(len(p) for p in self.prompts)
+        if self.ticket is not None:
+            self.ticket.close(self.prompt_tokens, self.completion_tokens)
         m.prompt_tokens.labels(name).inc(self.prompt_tokens)
         m.cached_tokens.labels(name).inc(self.cached_tokens)
         m.generation_tokens.labels(name).inc(self.completion_tokens)

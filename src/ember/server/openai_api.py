@@ -1,5 +1,5 @@
 """The OpenAI-compatible routes: /v1/models, /v1/completions, /v1/chat/completions, /v1/embeddings, and vLLM's
-/tokenize and /detokenize.
+/tokenize, /detokenize and /tokenizer_info.
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="ember-...")   # any string when keys are off
@@ -12,22 +12,27 @@ first chat delta of each choice, `data: [DONE]\\n\\n` last. Response shapes are 
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import struct
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from ember.engine.sampling import SamplingParams
 from ember.errors import EmberError, InvalidRequest
-from ember.server import formats
+from ember.server import formats, limits, tools
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady, error_body
 from ember.server.generation import Run
-from ember.server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest,
-                                  TokenizeRequest)
+from ember.server.schemas import ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
+from ember.server.structured_schemas import constraint_of
+
+if TYPE_CHECKING:
+    from ember.engine.sampling import SamplingParams
 
 router = APIRouter(dependencies=[Depends(require_scope("inference"))])
 
@@ -63,13 +68,16 @@ def _served(request: Request, name: str | None, kind: str):
     served = st.pool.get(name, kind) if st.pool.models else None
     if served is None or not served.loaded:
         raise NotReady("models are still loading; see /ready")
+    limits.check_model(request, served)  # a key limited to other models gets 404
     return served
 
 
 # ----- models -----
 @router.get("/v1/models")
 async def list_models(request: Request):
-    return {"object": "list", "data": [formats.model_card(m) for m in _state(request).pool.all()]}
+    key = getattr(request.state, "key", None)
+    return {"object": "list", "data": [formats.model_card(m) for m in _state(request).pool.all()
+                                       if key is None or limits.allowed(key, m)]}
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -77,33 +85,15 @@ async def get_model(model_id: str, request: Request):
     pool = _state(request).pool
     for kind in ("generate", "embed"):
         try:
-            return formats.model_card(pool.get(model_id, kind))
+            served = pool.get(model_id, kind)
+            limits.check_model(request, served)
+            return formats.model_card(served)
         except InvalidRequest:  # served, but of the other kind
             continue
     raise AssertionError("unreachable")
 
 
 # ----- generation -----
-def _sampling(body, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-    try:
-        bias = {int(k): float(v) for k, v in (body.logit_bias or {}).items()}
-    except ValueError:
-        raise InvalidRequest("logit_bias keys must be token ids", param="logit_bias") from None
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    kw = dict(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
-              top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k or 0, min_p=body.min_p or 0.0,
-              repetition_penalty=body.repetition_penalty or 1.0, presence_penalty=body.presence_penalty,
-              frequency_penalty=body.frequency_penalty, logit_bias=bias, seed=body.seed, stop=stop,
-              stop_token_ids=list(body.stop_token_ids or []), ignore_eos=body.ignore_eos, n=body.n,
-              logprobs=logprobs, skip_special_tokens=body.skip_special_tokens)
-    if body.use_beam_search:
-        kw.update(use_beam_search=True, num_beams=max(body.best_of or 0, body.n, 2 if body.best_of else 4),
-                  length_penalty=body.length_penalty, early_stopping=body.early_stopping)
-    elif body.best_of and body.best_of > body.n:
-        kw.update(n=body.best_of, logprobs=max(logprobs or 0, 0))  # ranked by logprob, best n returned
-    return SamplingParams(**kw)
-
-
 async def _collect(run: Run) -> dict[int, dict[int, formats.ChoiceAcc]]:
     out: dict[int, dict[int, formats.ChoiceAcc]] = {}
     async for pi, d in run.events():
@@ -116,6 +106,10 @@ async def _run_generation(request: Request, served, prompts, params, body, fmt: 
     record = request.state.log
     run = Run(served, prompts, params, st.metrics, record, request_id=request.state.request_id)
     try:
+        run.ticket = await limits.admit(request, served)  # the key's rpm/tpm/parallel/budget
+        key = getattr(request.state, "key", None)
+        run.tenant, run.queue_timeout = (key.id if key else None), st.limits.queue_timeout
+        run.deadline = run.t_arrival + st.limits.request_timeout
         if not await _unless_disconnected(request, run.admit()):
             return _client_gone(run)
         if not body.stream:
@@ -208,13 +202,13 @@ def _prompt_ids(engine, prompt) -> list[list[int]]:
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     served = _served(request, body.model, "generate")
-    if body.suffix:
-        raise InvalidRequest("suffix is not supported", param="suffix")
-    if body.echo and body.logprobs is not None:
-        raise InvalidRequest("echo together with logprobs is not supported", param="echo")
+    lim = _state(request).limits
+    limits.check_text(body, lim)  # sizes, ranges and valid text before any tokenizing
+    params = body.to_sampling_params()
     engine = served.engine
-    prompts = _prompt_ids(engine, body.prompt)
-    params = _sampling(body, 16 if body.max_tokens is None else body.max_tokens, body.logprobs)
+    prompts = await run_in_threadpool(_prompt_ids, engine, body.prompt)  # off the event loop
+    limits.check_params(params, served, prompts, lim, getattr(request.state, "key", None), body.cache_salt)
+    params = await _constrained(engine, params, constraint_of(body))
     for ids in prompts:
         engine.check(ids, params)
     if _state(request).log_content:
@@ -226,22 +220,39 @@ async def completions(body: CompletionRequest, request: Request):
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
     served = _served(request, body.model, "generate")
+    lim = _state(request).limits
+    limits.check_chat(body, lim)  # message count, characters, valid text: before the template is rendered
     engine = served.engine
-    messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in body.messages]
-    ids = engine.chat_prompt(messages, add_generation_prompt=body.add_generation_prompt)
-    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    params = _sampling(body, max_tokens, (body.top_logprobs or 0) if body.logprobs else None)
+    messages = tools.chat_messages(body.messages)
+    tool_choice = body.tool_choice.model_dump() if hasattr(body.tool_choice, "model_dump") else body.tool_choice
+    ids, constraint, names = await run_in_threadpool(  # the template renders off the event loop
+        tools.prepare_chat, engine, messages, [t.model_dump(exclude_none=True) for t in body.tools or []] or None,
+        tool_choice, body.parallel_tool_calls, constraint_of(body), body.add_generation_prompt)
+    params = body.to_sampling_params()
+    limits.check_params(params, served, [ids], lim, getattr(request.state, "key", None), body.cache_salt)
+    params = await _constrained(engine, params, constraint)
     engine.check(ids, params, param="messages")
     if _state(request).log_content:
         request.state.log["prompt"] = messages
-    fmt = formats.ChatFormat(served, [ids], body)
+    fmt = tools.ToolChatFormat(served, [ids], body, names) if names else formats.ChatFormat(served, [ids], body)
     return await _run_generation(request, served, [ids], params, body, fmt)
+
+
+async def _constrained(engine, params: "SamplingParams", constraint) -> "SamplingParams":
+    """Attaches a structured-output constraint, compiled now on a worker thread (bounded in time, so a
+    pathological schema is a 400 at once and the event loop and the engine's streams never wait on it)."""
+    if constraint is None:
+        return params
+    params = dataclasses.replace(params, constraint=constraint)  # re-validates (beam search + constraint)
+    await asyncio.get_running_loop().run_in_executor(None, engine.compile_constraint, constraint)
+    return params
 
 
 # ----- embeddings, tokenize, detokenize -----
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
     served = _served(request, body.model, "embed")
+    limits.check_text(body, _state(request).limits, "input", per_item=True)
     inputs = [body.input] if isinstance(body.input, str) or (body.input and isinstance(body.input[0], int)) \
         else list(body.input)
     if any(isinstance(x, str) and not x for x in inputs):
@@ -250,8 +261,14 @@ async def embeddings(body: EmbeddingRequest, request: Request):
     if any(isinstance(x, list) and any(not 0 <= t < vocab for t in x) for x in inputs):
         raise InvalidRequest("input token id out of range", param="input")
     t0 = time.perf_counter()
-    async with served.admission.slot():
-        vecs, counts = await asyncio.get_running_loop().run_in_executor(None, _embed_locked, served, inputs)
+    ticket = await limits.admit(request, served)
+    key = getattr(request.state, "key", None)
+    counts = []
+    try:
+        async with served.admission.slot(tenant=key.id if key else None):
+            vecs, counts = await asyncio.get_running_loop().run_in_executor(None, _embed_locked, served, inputs)
+    finally:
+        ticket.close(sum(counts), 0)
     dim = len(vecs[0]) if vecs else 0
     if body.dimensions is not None and body.dimensions != dim:
         raise InvalidRequest(f"this model's embeddings have {dim} dimensions; it cannot shorten them",
@@ -292,13 +309,17 @@ def _any_served(request: Request, name: str | None):
 async def tokenize(body: TokenizeRequest, request: Request):
     served = _any_served(request, body.model)
     tok = served.tokenizer
+    lim = _state(request).limits
     if body.messages is not None:
+        limits.check_chat(body, lim)
         if served.engine is None:
             raise InvalidRequest("this model has no chat template", param="messages")
-        ids = served.engine.chat_prompt([{"role": m.role, "content": m.text()} for m in body.messages],
-                                        add_generation_prompt=body.add_generation_prompt)
+        ids = await run_in_threadpool(served.engine.chat_prompt,
+                                      [{"role": m.role, "content": m.text()} for m in body.messages],
+                                      add_generation_prompt=body.add_generation_prompt)
     else:
-        ids = tok(body.prompt, add_special_tokens=body.add_special_tokens)["input_ids"]
+        limits.check_text(body, lim)
+        ids = (await run_in_threadpool(tok, body.prompt, add_special_tokens=body.add_special_tokens))["input_ids"]
     request.state.log["model"] = served.id
     return {"tokens": list(ids), "count": len(ids), "max_model_len": served.context_length,
             "token_strs": tok.convert_ids_to_tokens(list(ids))}
@@ -313,6 +334,15 @@ async def detokenize(body: DetokenizeRequest, request: Request):
         raise InvalidRequest(f"token id {bad} is out of range (vocabulary of {vocab})", param="tokens")
     request.state.log["model"] = served.id
     return {"prompt": served.tokenizer.decode(body.tokens)}
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(request: Request, model: str | None = None):
+    """vLLM's /tokenizer_info: the tokenizer's settings and chat template (what lm-evaluation-harness's
+    `tokenizer_backend=remote` reads before it tokenizes through /tokenize)."""
+    served = _any_served(request, model)
+    request.state.log["model"] = served.id
+    return formats.tokenizer_info(served.tokenizer, served.context_length)
 
 
 def new_id(prefix: str) -> str:

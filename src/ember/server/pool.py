@@ -6,7 +6,9 @@ A served model's id (in /v1/models and in responses) is the reference it was sta
 typed: that is the name clients already know. A request may also name it by any other reference to the
 same version (`name`, `name:N`, `name@alias`); those are resolved through the registry (cached briefly)
 and matched by version. Decoder models (llama, mistral, gpt2) serve completions and chat; encoder models
-(BERT family) serve embeddings, and by their head classify, tag, rerank and score (engine/encoders.py).
+(BERT family) serve embeddings, and by their head classify, tag, rerank and score (engine/encoders.py). A
+registered version not named at start that descends from a served model (a fine-tuning job's result) is loaded
+on demand (`ensure`), up to MAX_ON_DEMAND of them.
 """
 
 import logging
@@ -19,6 +21,7 @@ from ember.server.admission import Admission
 
 log = logging.getLogger("ember.server")
 DEFAULT_MODELS = ["smollm2-135m-instruct", "minilm-l6-v2"]
+MAX_ON_DEMAND = 4  # registered versions (fine-tuning results) a server loads when first asked for
 
 
 @dataclass
@@ -75,12 +78,16 @@ def resolve_or_pull(ref: str, settings):
 
 class Pool:
     def __init__(self, refs: list[str], settings, *, max_slots: int, max_queue: int, max_seq_len: int,
-                 quantize: str | None = None):
+                 quantize: str | None = None, max_queue_per_key: int | None = None):
         self.refs = list(dict.fromkeys(refs or DEFAULT_MODELS))
         self.settings = settings
         self.max_slots, self.max_queue, self.max_seq_len, self.quantize = max_slots, max_queue, max_seq_len, quantize
+        self.max_queue_per_key = max_queue_per_key
         self.models: dict[str, ServedModel] = {}
         self._alias_cache: dict[str, tuple[float, str | None]] = {}
+        self._dynamic: list[str] = []  # versions loaded on demand (fine-tuning results), at most MAX_ON_DEMAND
+        self._loading: dict[str, threading.Event] = {}
+        self._dynamic_lock = threading.Lock()
 
     def all(self) -> list[ServedModel]:
         return list(self.models.values())
@@ -92,22 +99,95 @@ class Pool:
     def load(self) -> None:
         """Resolve (pulling catalog models when needed) and load every model; runs in a background thread."""
         for ref in self.refs:
-            t = time.perf_counter()
-            info = resolve_or_pull(ref, self.settings)
-            kind = model_kind(info.metadata)
-            served = ServedModel(ref, info.ref, kind, info.metadata, int(info.created_at.timestamp()),
-                                 Admission(self.max_slots if kind == "generate" else 4, self.max_queue))
-            if kind == "generate":
-                from ember.engine.engine import Engine
+            self.models[ref] = self._load_one(ref)
 
-                served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
-                                            max_seq_len=self.max_seq_len, quantize=self.quantize)
-            else:
-                from ember.server.embeddings import load_encoder
+    def _load_one(self, ref: str) -> ServedModel:
+        t = time.perf_counter()
+        info = resolve_or_pull(ref, self.settings)
+        kind = model_kind(info.metadata)
+        served = ServedModel(ref, info.ref, kind, info.metadata, int(info.created_at.timestamp()),
+                             Admission(self.max_slots if kind == "generate" else 4, self.max_queue,
+                                       self.max_queue_per_key))
+        if kind == "generate":
+            from ember.engine.engine import Engine
 
-                served.encoder = load_encoder(info.ref, self.settings)
-            self.models[ref] = served
-            log.info("loaded %s (%s, %s) in %.1fs", ref, info.ref, kind, time.perf_counter() - t)
+            served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
+                                        max_seq_len=self.max_seq_len, quantize=self.quantize)
+        else:
+            from ember.server.embeddings import load_encoder
+
+            served.encoder = load_encoder(info.ref, self.settings)
+        log.info("loaded %s (%s, %s) in %.1fs", ref, info.ref, kind, time.perf_counter() - t)
+        return served
+
+    def ensure(self, ref: str) -> ServedModel:
+        """Serve a registered version not named at start (a fine-tuning job's result), loading it once.
+
+        Blocking: the job worker calls it before it reports the job succeeded, so `fine_tuned_model` answers
+        at once; a request naming such a version starts the load in a thread and gets 503 until it is done.
+        """
+        from ember.store import registry
+
+        try:
+            version = registry.resolve(ref, self.settings).ref
+        except EmberError:
+            version = None
+        with self._dynamic_lock:
+            found = next((m for m in self.models.values() if version and m.ref == version), None)
+            if found is not None:
+                return found
+            if version is None:
+                raise NotFound(f"the model {ref!r} does not exist", param="model", code="model_not_found")
+            if len(self._dynamic) >= MAX_ON_DEMAND:
+                raise NotFound(f"the model {ref!r} is not served here and {MAX_ON_DEMAND} models were already "
+                               "loaded on demand; restart the server with --model", param="model",
+                               code="model_not_found")
+            event = self._loading.get(version)
+            owner = event is None
+            if owner:
+                event = self._loading[version] = threading.Event()
+        if not owner:
+            event.wait()
+            return self.ensure(ref)
+        try:
+            served = self._load_one(version)
+            with self._dynamic_lock:
+                self.models[version] = served
+                self.refs.append(version)
+                self._dynamic.append(version)
+            return served
+        finally:
+            with self._dynamic_lock:
+                self._loading.pop(version, None)
+            event.set()
+
+    def _derived(self, name: str) -> bool:
+        """Whether `name` descends from a served model (a fine-tune of it): only those load on demand, so a
+        request cannot make the server load any model of the registry."""
+        from ember.store import registry
+
+        try:
+            lineage = registry.resolve(name, self.settings).lineage
+        except EmberError:
+            return False
+        served = {m.ref for m in self.models.values()}
+        return any(ref in served for ref in lineage)
+
+    def _load_in_background(self, name: str, version: str) -> None:
+        from ember.server.errors import NotReady
+
+        with self._dynamic_lock:
+            busy = version in self._loading
+        if not busy and len(self._dynamic) < MAX_ON_DEMAND:
+            def load():
+                try:
+                    self.ensure(version)
+                except Exception:
+                    log.exception("loading %s on demand failed", version)
+            threading.Thread(target=load, name=f"load-{version}", daemon=True).start()
+        elif not busy:
+            return
+        raise NotReady(f"the model {name!r} is being loaded; retry in a few seconds")
 
     def close(self) -> None:
         for m in self.models.values():
@@ -139,6 +219,8 @@ class Pool:
         if served is None:
             version = self._version_of(name)
             served = next((m for m in self.models.values() if version and m.ref == version), None)
+            if served is None and version is not None and self.ready and self._derived(name):
+                self._load_in_background(name, version)
         if served is None:
             raise NotFound(f"the model {name!r} does not exist or is not served here (see /v1/models)",
                            param="model", code="model_not_found")

@@ -1,8 +1,8 @@
 """Routes for fine-tuned encoder models: POST /v1/classify and POST /v1/tag.
 
     ember serve --model my-clf --model my-ner
-    curl localhost:8000/v1/classify -d '{"model": "my-clf", "input": ["the striker scored", "snow fell"]}'
-    curl localhost:8000/v1/tag -d '{"model": "my-ner", "input": "Maria Lopez flew to New York."}'
+    curl localhost:8000/v1/classify --json '{"model": "my-clf", "input": ["the striker scored", "snow fell"]}'
+    curl localhost:8000/v1/tag --json '{"model": "my-ner", "input": "Maria Lopez flew to New York."}'
 
 A model serves /v1/classify when `ember finetune classify` made it (metadata task "text-classification"),
 /v1/tag when `ember finetune tag` made it ("token-classification"). The pool loads the model once, with its

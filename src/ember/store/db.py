@@ -8,13 +8,14 @@ serialised with BEGIN IMMEDIATE plus a busy timeout, so a second writer waits in
 """
 
 import fcntl
+import os
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from ember.config import Settings, get_settings
 
@@ -102,6 +103,14 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Limits (None: unlimited); see store/keys.py and server/limits.py.
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_parallel: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    budget_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    budget_period: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    models: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class EvalRun(Base):
@@ -115,6 +124,42 @@ class EvalRun(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     outputs_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UsageDaily(Base):
+    """Tokens and requests per key, model and UTC day (store/usage.py); key_id "-" when keys are off."""
+
+    __tablename__ = "usage_daily"
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RateWindow(Base):
+    """Requests and tokens of one key in one minute (rpm/tpm), shared by every replica on this database."""
+
+    __tablename__ = "rate_windows"
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    minute: Mapped[int] = mapped_column(Integer, primary_key=True)  # unix time // 60
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditEntry(Base):
+    """Append-only: who did what, before and after (store/audit.py)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(160))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256), default="")
+    before: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    after: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
 _engines: dict[str, tuple] = {}
@@ -158,6 +203,19 @@ def _migrate(engine, settings: Settings) -> None:
         command.upgrade(cfg, "head")
 
 
+def _restrict(url: str) -> None:
+    """The database holds key hashes, usage and the audit log: readable by its owner only (0600)."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url[len("sqlite:///"):])
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if p.exists() and p.stat().st_uid == os.getuid():
+                p.chmod(0o600)
+        except OSError:
+            pass
+
+
 def connect(settings: Settings | None = None) -> sessionmaker:
     """Session factory for this settings' database, created and migrated on first use in this process."""
     settings = settings or get_settings()
@@ -167,6 +225,7 @@ def connect(settings: Settings | None = None) -> sessionmaker:
             settings.home.mkdir(parents=True, exist_ok=True)
             engine = _make_engine(url)
             _migrate(engine, settings)
+            _restrict(url)
             _engines[url] = (engine, sessionmaker(engine, expire_on_commit=False))
         return _engines[url][1]
 

@@ -62,6 +62,9 @@ def _insert(info, task, task_digest, data_digest, settings_used, metrics, output
                          settings=settings_used, metrics=metrics, outputs_digest=outputs_digest)
         s.add(row)
         s.flush()
+        from ember.store import audit
+
+        audit.add(s, "eval.run", info.ref, after={"run": row.id, "task": task, "metrics": metrics})
         return _row_dict(row, info.ref)
 
 

@@ -11,7 +11,7 @@ import struct
 from collections import Counter
 from pathlib import Path
 
-from ember.errors import CorruptFile, NotFound, Unsupported
+from ember.errors import CorruptFile, InvalidRequest, NotFound, Unsupported
 
 SAFE_SUFFIXES = {".safetensors", ".json", ".txt", ".jinja", ".model", ".md", ".yaml", ".yml", ".png", ".jsonl"}
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".msgpack"}
@@ -25,6 +25,8 @@ def safe_files(folder: Path, *, require_weights: bool = True) -> list[Path]:
     if not folder.is_dir():
         raise NotFound(f"no such folder: {folder}")
     files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and not _hidden(p, folder))
+    for rel in files:
+        _check_link(folder, rel)
     weights = [p for p in files if p.suffix == ".safetensors"]
     pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
     if require_weights and not weights:
@@ -33,6 +35,22 @@ def safe_files(folder: Path, *, require_weights: bool = True) -> list[Path]:
                               "only: convert it with safetensors first")
         raise Unsupported(f"{folder} holds no *.safetensors weights")
     return [p for p in files if p.suffix in SAFE_SUFFIXES or p.name in ("LICENSE", "NOTICE")]
+
+
+def _check_link(folder: Path, rel: Path) -> None:
+    """A symlink may only point inside the folder (or, for a Hugging Face cache snapshot, into that repo's
+    blobs/): a link to /etc/passwd or ~/.ssh must never be imported."""
+    path = folder / rel
+    if not any((folder / Path(*rel.parts[: i + 1])).is_symlink() for i in range(len(rel.parts))):
+        return
+    target = path.resolve()
+    root = folder.resolve()
+    allowed = [root]
+    if root.parent.name == "snapshots":
+        allowed.append(root.parent.parent / "blobs")
+    if not any(target.is_relative_to(a) for a in allowed):
+        raise InvalidRequest(f"{rel} is a symbolic link to a file outside the folder; refusing to import it "
+                             "(copy the file in instead)")
 
 
 def _hidden(p: Path, root: Path) -> bool:

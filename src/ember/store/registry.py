@@ -10,7 +10,6 @@ version visible with its files and moves `latest`. A process killed before that 
 """
 
 import fcntl
-import getpass
 import os
 import re
 import shutil
@@ -71,10 +70,10 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 def _actor() -> str:
-    try:
-        return os.environ.get("EMBER_ACTOR") or getpass.getuser()
-    except Exception:
-        return "unknown"
+    # The API key id when a server request does it (audit.acting_as), else cli:<OS user>.
+    from ember.store import audit
+
+    return audit.current_actor()
 
 
 @contextmanager
@@ -160,6 +159,11 @@ def _move_alias(s, model: db.Model, alias: str, number: int, *, action: str = "m
         row.number = number
     s.add(db.AliasEvent(model_name=model.name, alias=alias, from_number=old, to_number=number, action=action,
                         actor=_actor(), detail=detail or {}))
+    if action != "register":  # an import moves `latest`; that is recorded as the import itself
+        from ember.store import audit
+
+        audit.add(s, f"alias.{action}", f"{model.name}@{alias}", before={"version": old}, after={"version": number},
+                  detail=detail)
 
 
 def register_folder(folder: Path, name: str, *, kind: str = "model", metadata: dict | None = None,
@@ -201,6 +205,10 @@ def register_folder(folder: Path, name: str, *, kind: str = "model", metadata: d
             s.add(v)
             s.flush()
             _move_alias(s, model, "latest", number, action="register")
+            from ember.store import audit
+
+            audit.add(s, "model.import", f"{name}:{number}", after={"kind": kind, "files": len(stored),
+                                                                   "parent": parent})
             s.flush()
             s.refresh(model)
             return _info(s, v)
@@ -227,6 +235,10 @@ def record_alias_event(name: str, alias: str, *, from_number: int | None, to_num
     with db.session(settings) as s:
         s.add(db.AliasEvent(model_name=name, alias=alias, from_number=from_number, to_number=to_number,
                             action=action, actor=_actor(), detail=detail or {}))
+        from ember.store import audit
+
+        audit.add(s, f"alias.{action}", f"{name}@{alias}", before={"version": from_number},
+                  after={"version": to_number}, detail=detail)
 
 
 def alias_history(name: str, alias: str, settings: Settings | None = None) -> list[dict]:
@@ -265,6 +277,9 @@ def delete(ref: str, settings: Settings | None = None) -> VersionInfo:
                 s.add(db.AliasEvent(model_name=model.name, alias=a.alias, from_number=v.number, to_number=None,
                                     action="removed", actor=_actor(), detail={"reason": f"{info.ref} deleted"}))
                 model.aliases.remove(a)
+        from ember.store import audit
+
+        audit.add(s, "model.delete", info.ref, before={"aliases": info.aliases, "kind": info.kind})
         s.delete(v)
         s.flush()
         rest = s.scalar(select(func.max(db.Version.number)).where(db.Version.model_id == model.id))
@@ -279,6 +294,8 @@ def delete(ref: str, settings: Settings | None = None) -> VersionInfo:
 
 def gc(settings: Settings | None = None) -> int:
     """Delete blobs no version references; returns how many. Skipped while an import is writing blobs."""
+    from ember.store import files as uploads
+
     settings = settings or get_settings()
     with gc_lock(settings, exclusive=True) as got:
         if not got:
@@ -286,6 +303,7 @@ def gc(settings: Settings | None = None) -> int:
         with db.session(settings) as s:
             used = set(s.scalars(select(db.File.digest).distinct()))
             used |= {d for d in s.scalars(select(db.EvalRun.outputs_digest)) if d}
+            used |= uploads.digests(s)
         orphans = blobs.all_digests(settings) - used
         for d in orphans:
             blobs.delete(d, settings)

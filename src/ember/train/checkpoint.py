@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ember.train import distributed
 
+
 def _options(**kw):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
