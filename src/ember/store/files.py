@@ -51,10 +51,10 @@ def to_dict(f: UploadedFile) -> dict:
 def add(src: Path, *, filename: str, purpose: str, owner: str = LOCAL_OWNER, meta: dict | None = None,
         settings: Settings | None = None) -> dict:
     """Store `src` as a blob and record it; returns the file object."""
-    from ember.store.registry import _gc_lock
+    from ember.store.registry import gc_lock
 
     settings = settings or get_settings()
-    with _gc_lock(settings, exclusive=False):  # gc must not take the blob before the row exists
+    with gc_lock(settings, exclusive=False):  # gc must not take the blob before the row exists
         digest, size = blobs.put_file(src, settings)
         with db.session(settings) as s:
             row = UploadedFile(id="file-" + secrets.token_hex(12), owner=owner, filename=filename[:256],
