@@ -48,7 +48,8 @@ const Ember = (() => {
 
   /* A small line chart: series = [{name, points: [[x, y], ...]}]. Hand-drawn SVG, no library. */
   function lineChart(svg, series, opts = {}) {
-    // Drawn at the element's own pixel width, so text stays its real size on any screen.
+    // Drawn at the element's own pixel width (styled first), so text stays its real size on any screen.
+    svg.classList.add("chart");
     const W = Math.max(300, Math.round(svg.getBoundingClientRect().width) || 640), H = opts.height || 220;
     const L = 52, R = 12, T = 12, B = 30;
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`); svg.classList.add("chart");
@@ -85,6 +86,7 @@ const Ember = (() => {
 
   /* Grouped bars: groups = [{label, values: [a, b]}], names = ["A", "B"]. */
   function barChart(svg, groups, names) {
+    svg.classList.add("chart", "bars");
     const W = Math.max(300, Math.round(svg.getBoundingClientRect().width) || 640), H = 18 * names.length + 14 + groups.length * 46, L = 170, R = 60, top = 18 * names.length;
     svg.setAttribute("viewBox", `0 0 ${W} ${H}`); svg.classList.add("chart", "bars");
     while (svg.firstChild) svg.removeChild(svg.firstChild);
