@@ -38,7 +38,8 @@ log = logging.getLogger("ember.server")
 # Every route of the server, one router per module (imported when an app is created).
 ROUTERS = ["ember.server.openai_api", "ember.server.responses_api", "ember.server.tasks_api",
            "ember.server.rerank_api", "ember.server.files_api", "ember.server.fine_tuning_api",
-           "ember.server.batches_api", "ember.server.platform_api", "ember.server.jobs_api", "ember.server.usage_api"]
+           "ember.server.batches_api", "ember.server.platform_api", "ember.server.jobs_api", "ember.server.usage_api",
+           "ember.server.admin_api"]
 
 
 @dataclass
@@ -167,6 +168,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     for module in ROUTERS:
         app.include_router(importlib.import_module(module).router)
+    from ember.server import console  # the web console at /ui (server/console/)
+    console.install(app)
     return app
 
 

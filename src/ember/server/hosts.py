@@ -22,11 +22,14 @@ import json
 import logging
 from urllib.parse import urlsplit
 
+from ember.server.console import is_console_path
 from ember.server.errors import error_body
 
 log = logging.getLogger("ember.server")
 LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1"]
 PUBLIC_PATHS = ("/health", "/ready")
+# Multipart uploads (files_api) are taken with a bearer token only: a cross-site form cannot send one.
+MULTIPART_PATHS = ("/v1/files",)
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 
 
@@ -107,6 +110,9 @@ class RequestGuard:
             return (400, f"Host {host[:100]!r} is not allowed on this server (see --allowed-hosts)",
                     "invalid_request_error", "host_not_allowed")
         method = scope["method"]
+        # The web console (server/console) authenticates by its session cookie and checks a CSRF token on its
+        # own form posts; the Origin check below still applies to it.
+        console = is_console_path(scope["path"])
         if method in STATE_CHANGING:
             origin = headers.get(b"origin")
             raw_host = headers.get(b"host", b"").decode("latin-1").strip().lower()
@@ -114,10 +120,13 @@ class RequestGuard:
                 return (403, "cross-origin request refused: this Origin is not in --allowed-origins",
                         "permission_error", "origin_not_allowed")
             has_body = headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
-            if has_body and not _is_json(headers.get(b"content-type", b"")):
+            ctype = headers.get(b"content-type", b"")
+            upload = (scope["path"] in MULTIPART_PATHS and ctype.lower().startswith(b"multipart/form-data")
+                      and _has_bearer(headers.get(b"authorization", b"")))
+            if has_body and not _is_json(ctype) and not console and not upload:
                 return (415, "request bodies must be JSON: send 'Content-Type: application/json'",
                         "invalid_request_error", "unsupported_media_type")
-        if (self.auth is not None and scope["path"] not in PUBLIC_PATHS and method != "OPTIONS"
+        if (self.auth is not None and scope["path"] not in PUBLIC_PATHS and method != "OPTIONS" and not console
                 and not _has_bearer(headers.get(b"authorization", b"")) and self.auth.enabled()):
             return (401, "missing API key: send 'Authorization: Bearer <key>'", "authentication_error",
                     "invalid_api_key")
