@@ -28,13 +28,22 @@ def jobs_home(tmp_path_factory, tiny_chat_dir, minilm_dir):
 
 
 @pytest.fixture(scope="module")
+def admin_key(jobs_home):
+    """/api needs an admin key even on a server with no other key (server/auth.py)."""
+    from ember.config import Settings
+    from ember.store import keys
+
+    return keys.create("jobs-admin", "admin", Settings(home=jobs_home))[1]
+
+
+@pytest.fixture(scope="module")
 def served(start_server, jobs_home):
     return start_server(jobs_home, "--model", "tiny", "--max-slots", 8)
 
 
 @pytest.fixture(scope="module")
-def client(served):
-    return openai.OpenAI(base_url=served.v1, api_key="unused", max_retries=0)
+def client(served, admin_key):
+    return openai.OpenAI(base_url=served.v1, api_key=admin_key, max_retries=0)
 
 
 def test_fine_tune_with_the_openai_client_then_chat_with_the_result(client, tmp_path):
@@ -82,13 +91,13 @@ def test_bad_file_refused_at_upload_with_line_numbers(client, tmp_path):
     assert "classify" in str(e.value)
 
 
-def test_cancel_during_training_kills_the_process_group(client, served, tmp_path):
+def test_cancel_during_training_kills_the_process_group(client, served, admin_key, tmp_path):
     f = client.files.create(file=write_chat(tmp_path / "train.jsonl"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id,
                                          extra_body={"ember": {"max_steps": 100000, "max_length": 64}})
     wait_for(lambda: any(e.type == "metrics" for e in client.fine_tuning.jobs.list_events(job.id).data), 300,
              "training steps")
-    pid = httpx.get(f"{served.url}/api/jobs/{job.id}").json()["pid"]
+    pid = httpx.get(f"{served.url}/api/jobs/{job.id}", headers={"Authorization": f"Bearer {admin_key}"}).json()["pid"]
     assert pid and group_alive(pid)
     t0 = time.monotonic()
     client.fine_tuning.jobs.cancel(job.id)

@@ -15,6 +15,8 @@ import pytest
 from job_helpers import group_alive, wait_for, write_chat
 
 pytestmark = pytest.mark.timeout(900)
+# /api needs an admin key even on a server with no other key (server/auth.py); uploads carry it too.
+api = httpx.Client(timeout=30)
 
 
 @pytest.fixture
@@ -23,29 +25,32 @@ def recovery_home(tmp_path, tiny_chat_dir):
     from ember.store import registry
 
     home = tmp_path / "home"
+    from ember.store import keys
+
     registry.register_folder(tiny_chat_dir, "tiny", settings=Settings(home=home))
+    api.headers["Authorization"] = "Bearer " + keys.create("jobs-admin", "admin", Settings(home=home))[1]
     return home
 
 
 def _events(url, job_id):
-    return httpx.get(f"{url}/api/jobs/{job_id}/events", timeout=30).json()["data"]
+    return api.get(f"{url}/api/jobs/{job_id}/events", timeout=30).json()["data"]
 
 
 def test_kill_9_of_the_server_then_restart_resumes_from_the_checkpoint(start_server, recovery_home, tmp_path):
     a = start_server(recovery_home, "--model", "tiny")
     with open(write_chat(tmp_path / "train.jsonl"), "rb") as fh:
-        f = httpx.post(f"{a.v1}/files", files={"file": ("train.jsonl", fh)}, data={"purpose": "fine-tune"}).json()
-    job = httpx.post(f"{a.v1}/fine_tuning/jobs", json={
+        f = api.post(f"{a.v1}/files", files={"file": ("train.jsonl", fh)}, data={"purpose": "fine-tune"}).json()
+    job = api.post(f"{a.v1}/fine_tuning/jobs", json={
         "model": "tiny", "training_file": f["id"], "hyperparameters": {"batch_size": 4},
         "ember": {"max_steps": 16, "checkpoint_every": 3, "max_length": 64}}).json()
     wait_for(lambda: any(e["type"] == "checkpoint" for e in _events(a.url, job["id"])), 300, "a checkpoint")
-    pid = httpx.get(f"{a.url}/api/jobs/{job['id']}").json()["pid"]
+    pid = api.get(f"{a.url}/api/jobs/{job['id']}").json()["pid"]
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
     wait_for(lambda: not group_alive(pid), 10, "the orphaned training process to end")
 
     b = start_server(recovery_home, "--model", "tiny")
-    final = wait_for(lambda: (j := httpx.get(f"{b.url}/api/jobs/{job['id']}").json())["state"] in
+    final = wait_for(lambda: (j := api.get(f"{b.url}/api/jobs/{job['id']}").json())["state"] in
                      ("succeeded", "failed") and j, 300, "the resumed job to finish")
     assert final["state"] == "succeeded", final["error"]
     assert final["attempts"] == 2
@@ -53,7 +58,7 @@ def test_kill_9_of_the_server_then_restart_resumes_from_the_checkpoint(start_ser
     resumed_at = next(i for i, e in enumerate(events) if "resuming" in e["message"])
     steps_after = [e["data"]["step"] for e in events[resumed_at:] if e["type"] == "metrics"]
     assert steps_after and min(steps_after) > 3 and max(steps_after) == 16  # continued, not restarted
-    reply = httpx.post(f"{b.v1}/chat/completions", timeout=60, json={
+    reply = api.post(f"{b.v1}/chat/completions", timeout=60, json={
         "model": final["result"]["fine_tuned_model"], "max_tokens": 2,
         "messages": [{"role": "user", "content": "hi"}]})
     assert reply.status_code == 200

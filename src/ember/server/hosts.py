@@ -102,6 +102,8 @@ class RequestGuard:
         return await self.app(scope, receive, send)
 
     def refusal(self, scope) -> tuple[int, str, str, str] | None:
+        if scope.get("ember.internal"):  # the in-process batch runner (server/batch_runner.py): no network peer
+            return None
         headers = {}
         for k, v in scope["headers"]:
             headers.setdefault(k, v)
@@ -123,6 +125,10 @@ class RequestGuard:
             ctype = headers.get(b"content-type", b"")
             upload = (scope["path"] in MULTIPART_PATHS and ctype.lower().startswith(b"multipart/form-data")
                       and _has_bearer(headers.get(b"authorization", b"")))
+            if (scope["path"] in MULTIPART_PATHS and ctype.lower().startswith(b"multipart/form-data")
+                    and not upload and self.auth is not None and self.auth.enabled()):
+                return (401, "missing API key: send 'Authorization: Bearer <key>'", "authentication_error",
+                        "invalid_api_key")
             if has_body and not _is_json(ctype) and not console and not upload:
                 return (415, "request bodies must be JSON: send 'Content-Type: application/json'",
                         "invalid_request_error", "unsupported_media_type")
