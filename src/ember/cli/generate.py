@@ -235,18 +235,6 @@ def _response(engine, ref: str, ln: _Line, accs: dict, usage) -> dict:
     return cls(served, ln.prompts, ln.body).full(accs, usage, ln.body.n)
 
 
-def _done_lines(out: Path) -> int:
-    """Complete result lines already in out.jsonl; a torn last line (killed mid-write) is cut off."""
-    if not out.exists():
-        return 0
-    data = out.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        with open(out, "r+b") as f:
-            f.truncate(len(keep))
-    return keep.count(b"\n")
-
-
 def batch(ref: str = typer.Argument(..., help="Model reference or HF folder."),
           input_path: Path = typer.Argument(..., help="OpenAI batch input (.jsonl)."),
           output_path: Path = typer.Argument(..., help="Results (.jsonl), appended; rerun to resume."),
@@ -265,7 +253,9 @@ def batch(ref: str = typer.Argument(..., help="Model reference or HF folder."),
         raise NotFound(f"input file {input_path} not found")
     lines = input_path.read_text().splitlines()
     lines = [ln for ln in lines if ln.strip()]
-    done = _done_lines(output_path)
+    from ember.jobs.batch import done_lines
+
+    done = done_lines(output_path)  # the same resume rule as a /v1/batches job
     if done > len(lines):
         raise InvalidRequest(f"{output_path} has more results ({done}) than {input_path} has lines")
     from ember.cli import remote as api
