@@ -3,6 +3,7 @@
     ember serve                                              # the two bundled models on 127.0.0.1:8000
     ember serve --model smollm2-135m-instruct --model my-model@production --port 9000 --require-key
     ember serve --no-workers                                 # inference only: jobs run on other replicas
+    ember serve --backend vllm --model my-model@production   # decoders on vLLM's GPU engine (docs/deploy.md)
 
 With no --model it serves smollm2-135m-instruct and minilm-l6-v2, pulling them from the bundled catalog on
 the first start. Stop it with Ctrl-C or SIGTERM: in-flight requests get --shutdown-timeout seconds to finish.
@@ -62,6 +63,8 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
           max_body_mb: float = typer.Option(4.0, "--max-body-mb", help="Largest request body; beyond it: 413."),
           quantize: str = typer.Option(None, "--quantize", help="Weight quantization for decoders: int8."),
           threads: int = typer.Option(0, "--threads", help="Torch threads (0: the engine's default)."),
+          backend: str = typer.Option("ember", "--backend", help="Decoder engine: ember (CPU, default) or vllm "
+                                      "(vLLM on a CUDA GPU; needs `pip install vllm`)."),
           workers: int = typer.Option(1, "--workers", min=0,
                                       help="Jobs (fine-tuning, training, batches) this server runs at once."),
           no_workers: bool = typer.Option(False, "--no-workers",
@@ -74,6 +77,12 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise InvalidRequest("give both --ssl-certfile and --ssl-keyfile")
+    if backend not in ("ember", "vllm"):
+        raise InvalidRequest(f"--backend must be ember or vllm, not {backend!r}", param="backend")
+    if backend == "vllm":
+        from ember.engine.vllm_backend import check_available
+
+        check_available()  # before anything starts: one clear line and a non-zero exit without vllm or a GPU
 
     def split(v):
         return [x.strip() for x in v.split(",") if x.strip()] if v else []
@@ -93,5 +102,5 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
                                            max_prompt_chars=max_prompt_chars or max(65536, 32 * max_seq_len),
                                            max_messages=max_messages, default_max_tokens=default_max_tokens,
                                            queue_timeout=queue_timeout, request_timeout=request_timeout),
-                      ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
+                      ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, backend=backend)
     return run(cfg)

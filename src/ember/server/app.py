@@ -68,6 +68,7 @@ class ServeConfig:
     limits: limits_mod.RequestLimits = field(default_factory=limits_mod.RequestLimits)
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    backend: str = "ember"  # decoders on Ember's CPU engine, or "vllm" (engine/vllm_backend.py) on a GPU
 
 
 def _load_models(app: FastAPI) -> None:
@@ -115,7 +116,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     st.config, st.settings = config, settings
     per_key = config.max_queue_per_key if config.max_queue_per_key is not None else max(1, config.max_queue // 4)
     st.pool = Pool(config.models, settings, max_slots=config.max_slots, max_queue=config.max_queue,
-                   max_seq_len=config.max_seq_len, quantize=config.quantize, max_queue_per_key=per_key)
+                   max_seq_len=config.max_seq_len, quantize=config.quantize, max_queue_per_key=per_key,
+                   backend=config.backend)
     st.metrics = metrics_mod.create(st.pool)
     st.auth = Auth(settings, require_key=config.require_key)
     st.log_content = config.log_content

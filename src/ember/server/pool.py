@@ -78,7 +78,8 @@ def resolve_or_pull(ref: str, settings):
 
 class Pool:
     def __init__(self, refs: list[str], settings, *, max_slots: int, max_queue: int, max_seq_len: int,
-                 quantize: str | None = None, max_queue_per_key: int | None = None):
+                 quantize: str | None = None, max_queue_per_key: int | None = None, backend: str = "ember"):
+        self.backend = backend  # "ember" (the CPU engine) or "vllm" (engine/vllm_backend.py, GPU)
         self.refs = list(dict.fromkeys(refs or DEFAULT_MODELS))
         self.settings = settings
         self.max_slots, self.max_queue, self.max_seq_len, self.quantize = max_slots, max_queue, max_seq_len, quantize
@@ -109,7 +110,10 @@ class Pool:
                              Admission(self.max_slots if kind == "generate" else 4, self.max_queue,
                                        self.max_queue_per_key))
         if kind == "generate":
-            from ember.engine.engine import Engine
+            if self.backend == "vllm":
+                from ember.engine.vllm_backend import VllmEngine as Engine
+            else:
+                from ember.engine.engine import Engine
 
             served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
                                         max_seq_len=self.max_seq_len, quantize=self.quantize)
