@@ -35,17 +35,25 @@ class DistInfo:
         return self.world_size > 1
 
 
+def choose(cuda: bool, local_rank: int) -> tuple[torch.device, str]:
+    """This rank's device and the process group's backend: the local GPU with NCCL when CUDA is there,
+    else the CPU with gloo (a CPU-only run is unchanged by a GPU-capable torch)."""
+    if cuda:
+        return torch.device("cuda", local_rank), "nccl"
+    return torch.device("cpu"), "gloo"
+
+
 def setup() -> DistInfo:
     """Join torchrun's process group when launched under it; pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    device, backend = choose(cuda, local)
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
+        dist.init_process_group(backend=backend, device_id=device if cuda else None)
     threads = int(os.environ.get("EMBER_THREADS", "0") or 0)
     if threads > 0:
         torch.set_num_threads(threads)  # the user's choice (Settings.threads) wins
@@ -61,7 +69,7 @@ def current() -> DistInfo:
     if dist.is_available() and dist.is_initialized():
         cuda = torch.cuda.is_available()
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local) if cuda else torch.device("cpu")
+        device = choose(cuda, local)[0]
         return DistInfo(dist.get_rank(), dist.get_world_size(), local, device)
     return DistInfo(device=torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"))
 

@@ -97,15 +97,20 @@ def make_optimizer(model: torch.nn.Module, s: LoopSettings) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=s.lr, betas=(s.beta1, s.beta2))
 
 
-def autocast_context(device: torch.device, mode: str):
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return contextlib.nullcontext()
+def autocast_dtype(device_type: str, mode: str, bf16_ok: bool) -> torch.dtype | None:
+    """The autocast dtype for a mode (None: full precision). "auto" is bf16 on a GPU that has it and off on the
+    CPU, so CPU runs stay fp32 and equal across process counts; an explicit bf16 or fp16 is honoured."""
+    if mode == "off" or (mode == "auto" and device_type != "cuda"):
+        return None
     if mode in ("auto", "bf16"):
-        dtype = torch.bfloat16 if (device.type != "cuda" or torch.cuda.is_bf16_supported()) else None
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
-    return torch.autocast(device.type, dtype=torch.float16)
+        return torch.bfloat16 if (device_type != "cuda" or bf16_ok) else None
+    return torch.float16
+
+
+def autocast_context(device: torch.device, mode: str):
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = autocast_dtype(device.type, mode, bf16_ok)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
