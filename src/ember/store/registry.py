@@ -151,6 +151,7 @@ def list_versions(name: str | None = None, settings: Settings | None = None) -> 
 
 
 def _move_alias(s, model: db.Model, alias: str, number: int, *, action: str = "move", detail=None) -> None:
+    db.lock_row(s, db.Model, db.Model.id == model.id)  # one alias move per model at a time (PostgreSQL)
     row = s.get(db.Alias, (model.id, alias))
     old = row.number if row else None
     if row is None:
@@ -189,11 +190,10 @@ def register_folder(folder: Path, name: str, *, kind: str = "model", metadata: d
     with gc_lock(settings, exclusive=False):
         stored = {str(rel): blobs.put_file(folder / rel, settings) for rel in files}
         with db.session(settings) as s:
-            model = s.scalar(select(db.Model).where(db.Model.name == name))
-            if model is None:
-                model = db.Model(name=name)
-                s.add(model)
-                s.flush()
+            # The model row, created if new, locked until commit: concurrent imports of one name take numbers
+            # one after the other (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises them).
+            db.insert_ignore(s, db.Model, name=name, created_at=db.utcnow())
+            model = db.lock_row(s, db.Model, db.Model.name == name)
             if dedupe_source:
                 for v in model.versions:
                     if (v.meta or {}).get("source", {}).get("digest") == dedupe_source:
