@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from ember.errors import NotFound, Unauthorized
+from ember.errors import InvalidRequest, NotFound, Unauthorized
 from ember.store import audit, db, evals, files, jobs, keys, registry, responses, usage
 
 
@@ -48,6 +48,12 @@ def test_registry_versions_aliases_tags_and_concurrent_imports(db_url, ember_hom
     assert [(h["from"], h["to"]) for h in registry.alias_history("tiny", "production")] == [(None, 2), (2, 3)]
     assert registry.resolve("tiny@production").number == 3
     assert registry.tag("tiny:3", {"owner": "ml"}).tags["owner"] == "ml"
+    # What PostgreSQL would refuse (too long, NUL) is a clear 400 on both databases, never a 500.
+    for bad in ("x" * 1025, "a\x00b"):
+        with pytest.raises(InvalidRequest):
+            registry.tag("tiny:3", {"note": bad})
+    with pytest.raises(InvalidRequest):
+        keys.create("bad\x00name")
     # Names are case-sensitive on both databases.
     with pytest.raises(NotFound):
         registry.resolve("TINY")

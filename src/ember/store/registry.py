@@ -63,6 +63,14 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
     return m["name"], (int(number) if number else None), m["alias"]
 
 
+def _tag_value(value) -> str:
+    # The column holds 1024 characters (PostgreSQL enforces it) and PostgreSQL refuses NUL in text.
+    text = str(value)
+    if len(text) > 1024 or "\x00" in text:
+        raise InvalidRequest("a tag value must be at most 1024 characters, without NUL", param="tags")
+    return text
+
+
 def check_name(name: str, what: str = "name") -> str:
     if not re.fullmatch(_NAME, name or ""):
         raise InvalidRequest(f"invalid {what} {name!r}: letters, digits, '.', '_' and '-' only")
@@ -183,6 +191,7 @@ def register_folder(folder: Path, name: str, *, kind: str = "model", metadata: d
     if require_weights is None:
         require_weights = kind == "model"
     files = hf_folder.safe_files(folder, require_weights=require_weights)
+    tags = {check_name(k, "tag key"): _tag_value(val) for k, val in (tags or {}).items()}
     meta = {**hf_folder.describe(folder), **(metadata or {})}
     db.connect(settings)
     if parent:
@@ -201,7 +210,7 @@ def register_folder(folder: Path, name: str, *, kind: str = "model", metadata: d
             number = (s.scalar(select(func.max(db.Version.number)).where(db.Version.model_id == model.id)) or 0) + 1
             v = db.Version(model=model, number=number, kind=kind, meta=meta, parent=parent)
             v.files = [db.File(path=p, digest=d, size=n) for p, (d, n) in stored.items()]
-            v.tags = [db.Tag(key=k, value=str(val)) for k, val in (tags or {}).items()]
+            v.tags = [db.Tag(key=k, value=val) for k, val in tags.items()]
             s.add(v)
             s.flush()
             _move_alias(s, model, "latest", number, action="register")
@@ -258,9 +267,9 @@ def tag(ref: str, tags: dict[str, str], settings: Settings | None = None) -> Ver
             check_name(k, "tag key")
             row = s.get(db.Tag, (v.id, k))
             if row is None:
-                v.tags.append(db.Tag(key=k, value=str(val)))
+                v.tags.append(db.Tag(key=k, value=_tag_value(val)))
             else:
-                row.value = str(val)
+                row.value = _tag_value(val)
         s.flush()
         return _info(s, v)
 
