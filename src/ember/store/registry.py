@@ -302,7 +302,8 @@ def delete(ref: str, settings: Settings | None = None) -> VersionInfo:
 
 
 def gc(settings: Settings | None = None) -> int:
-    """Delete blobs no version references; returns how many. Skipped while an import is writing blobs."""
+    """Delete blobs no version references; returns how many. Skipped while an import on this machine is writing
+    blobs; in a shared blob store only blobs older than `blobs.GC_GRACE_S` go (other machines' imports)."""
     from ember.store import files as uploads
 
     settings = settings or get_settings()
@@ -313,10 +314,7 @@ def gc(settings: Settings | None = None) -> int:
             used = set(s.scalars(select(db.File.digest).distinct()))
             used |= {d for d in s.scalars(select(db.EvalRun.outputs_digest)) if d}
             used |= uploads.digests(s)
-        orphans = blobs.all_digests(settings) - used
-        for d in orphans:
-            blobs.delete(d, settings)
-        return len(orphans)
+        return blobs.delete_unused(used, settings)
 
 
 def _cache_key(info: VersionInfo) -> str:
@@ -385,6 +383,7 @@ def verify(ref: str | None = None, settings: Settings | None = None) -> list[dic
             if digest not in checked:
                 try:
                     blobs.verify_blob(digest, settings)
+                    blobs.verify_shared(digest, settings)  # the shared store's copy too, when there is one
                     checked[digest] = None
                 except (CorruptFile, NotFound) as e:
                     checked[digest] = e.message
