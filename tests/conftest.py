@@ -12,6 +12,11 @@
   generation runs); `tiny_model`: two versions of it registered as `tiny` in a fresh `ember_home`.
 - `tiny_model_dir`: a tiny random Llama HF folder (safetensors); `pickle_only_dir`: one with only a .bin.
 - `tiny_bert_dirs`: tiny random BERT folders with a cross-encoder, a classifier and a tagger head.
+- `pg_server`: one real PostgreSQL server per session (tests/pg_server.py: initdb + pg_ctl in a temp dir,
+  127.0.0.1, trust auth); tests using it skip with a message when the binaries are missing.
+  `pg_url`: a fresh database on it for one test (Ember's schema at head), dropped afterwards.
+- `db_url`: parametrized over `sqlite` and `postgresql`: a fresh `ember_home` whose database is the home's
+  SQLite file or a fresh PostgreSQL database (EMBER_DATABASE_URL set); returns the URL.
 """
 
 import json
@@ -47,6 +52,35 @@ def ember_home(tmp_path, monkeypatch):
     _reset_db_cache()
     yield home
     _reset_db_cache()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    import pg_server as pg
+
+    server = pg.start()
+    if server is None:
+        pytest.skip(pg.missing_reason())
+    yield server
+    _reset_db_cache()
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    url = pg_server.new_database()
+    yield url
+    _reset_db_cache()  # close our pooled connections before the database goes
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, ember_home, monkeypatch):
+    if request.param == "sqlite":
+        return f"sqlite:///{ember_home / 'ember.db'}"
+    url = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("EMBER_DATABASE_URL", url)
+    return url
 
 
 @pytest.fixture(scope="session")

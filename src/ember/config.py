@@ -3,7 +3,8 @@
     EMBER_HOME=/tmp/ember ember models list
 
 EMBER_HOME (default ~/.ember) holds `ember.db` (SQLite, WAL) and `blobs/sha256-<hex>`;
-EMBER_DATABASE_URL overrides the database with any SQLAlchemy URL (replicas share one).
+EMBER_DATABASE_URL overrides the database with any SQLAlchemy URL (replicas share one, e.g. PostgreSQL);
+EMBER_BLOB_URL names a shared blob store (s3://bucket/prefix or file:///folder; docs/storage.md).
 """
 
 import os
@@ -20,6 +21,7 @@ class Settings:
     home: Path = field(default_factory=_default_home)
     database_url: str | None = field(default_factory=lambda: os.environ.get("EMBER_DATABASE_URL"))
     threads: int = field(default_factory=lambda: int(os.environ.get("EMBER_THREADS", "0")))
+    blob_url: str | None = field(default_factory=lambda: os.environ.get("EMBER_BLOB_URL") or None)
 
     def __post_init__(self):
         self.home = Path(self.home).expanduser().resolve()

@@ -28,7 +28,7 @@ def test_create_list_revoke(ember_home, run_cli):
     assert bad.returncode == 2 and "scope" in bad.stderr
 
 
-def test_check_scopes(ember_home):
+def test_check_scopes(db_url, ember_home):  # on SQLite and PostgreSQL
     from ember.store import keys
 
     info, secret = keys.create("app", "inference")

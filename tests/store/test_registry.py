@@ -1,3 +1,5 @@
+"""The registry on SQLite and PostgreSQL (`db_url` runs each test on both; see tests/conftest.py)."""
+
 import sqlite3
 from pathlib import Path
 
@@ -8,7 +10,7 @@ from ember.errors import InvalidRequest, NotFound
 from ember.store import db, registry
 
 
-def test_versions_are_numbered_and_latest_follows(ember_home, tiny_model_dir):
+def test_versions_are_numbered_and_latest_follows(db_url, ember_home, tiny_model_dir):
     v1 = registry.register_folder(tiny_model_dir, "tiny")
     v2 = registry.register_folder(tiny_model_dir, "tiny", tags={"stage": "dev"})
     assert (v1.ref, v2.ref) == ("tiny:1", "tiny:2")
@@ -23,7 +25,7 @@ def test_versions_are_numbered_and_latest_follows(ember_home, tiny_model_dir):
     assert meta["context_length"] == 256 and meta["parameter_count"] > 0 and meta["chat_template"] is False
 
 
-def test_alias_moves_are_kept_in_order_and_shown_on_every_read_path(ember_home, tiny_model_dir):
+def test_alias_moves_are_kept_in_order_and_shown_on_every_read_path(db_url, ember_home, tiny_model_dir):
     for _ in range(3):
         registry.register_folder(tiny_model_dir, "tiny")
     registry.set_alias("tiny", "production", 1)
@@ -36,7 +38,7 @@ def test_alias_moves_are_kept_in_order_and_shown_on_every_read_path(ember_home, 
     assert listed == {"tiny:1": [], "tiny:2": ["production"], "tiny:3": ["latest"]}
 
 
-def test_bad_and_missing_references(ember_home, tiny_model_dir):
+def test_bad_and_missing_references(db_url, ember_home, tiny_model_dir):
     registry.register_folder(tiny_model_dir, "tiny")
     for bad in ["", "a b", "x:y", "x@", "../x", "x:1:2"]:
         with pytest.raises(InvalidRequest):
@@ -48,7 +50,7 @@ def test_bad_and_missing_references(ember_home, tiny_model_dir):
         registry.set_alias("tiny", "prod", 7)
 
 
-def test_tags_and_delete(ember_home, tiny_model_dir):
+def test_tags_and_delete(db_url, ember_home, tiny_model_dir):
     registry.register_folder(tiny_model_dir, "tiny")
     registry.register_folder(tiny_model_dir, "tiny")
     assert registry.tag("tiny:1", {"owner": "ml"}).tags == {"owner": "ml"}
@@ -60,7 +62,7 @@ def test_tags_and_delete(ember_home, tiny_model_dir):
     assert list((ember_home / "blobs").iterdir()) == []  # unreferenced blobs freed
 
 
-def test_lineage_through_parents(ember_home, tiny_model_dir):
+def test_lineage_through_parents(db_url, ember_home, tiny_model_dir):
     registry.register_folder(tiny_model_dir, "base")
     registry.register_folder(tiny_model_dir, "child", parent="base")
     grand = registry.register_folder(tiny_model_dir, "grandchild", parent="child:1")

@@ -1,20 +1,38 @@
-"""Registry database: SQLAlchemy 2 schema and sessions. SQLite in WAL mode by default; any SQLAlchemy URL works.
+"""Registry database: SQLAlchemy 2 schema and sessions. SQLite in WAL mode by default; PostgreSQL for replicas.
 
     EMBER_HOME=/tmp/e ember models list        # creates /tmp/e/ember.db and migrates it to the newest schema
+    EMBER_DATABASE_URL=postgresql+psycopg://ember@db/ember ember serve     # pip install 'ember[postgres]'
 
-The schema is versioned with Alembic (`store/migrations/`); `connect()` upgrades an older database in place.
-Several processes may use one database at once (CLI, server replicas, training ranks): SQLite writers are
-serialised with BEGIN IMMEDIATE plus a busy timeout, so a second writer waits instead of failing or corrupting.
+The schema is versioned with Alembic (`store/migrations/`); `connect()` upgrades an older database in place,
+under a file lock on SQLite and a PostgreSQL advisory lock on PostgreSQL, so replicas starting together
+migrate once. Several processes may use one database at once (CLI, server replicas, training ranks): SQLite
+writers are serialised with BEGIN IMMEDIATE plus a busy timeout, so a second writer waits instead of failing
+or corrupting; on PostgreSQL the writes that race (first insert of a counter row, a model's next version
+number) are upserts or take a row lock (`insert_ignore`, `upsert_add`, `lock_row`).
 """
 
 import fcntl
+import json
+import math
 import os
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 from ember.config import Settings, get_settings
@@ -22,6 +40,11 @@ from ember.config import Settings, get_settings
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+# Sizes and token counts pass 2**31 (a 3 GB weights file, a year of tokens): 64-bit on PostgreSQL
+# (migration 0018); SQLite's INTEGER is 64-bit already.
+Big = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -59,7 +82,7 @@ class File(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(String(512))
     digest: Mapped[str] = mapped_column(String(64), index=True)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Big)
     version: Mapped[Version] = relationship(back_populates="files")
 
 
@@ -104,10 +127,10 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
     # Limits (None: unlimited); see store/keys.py and server/limits.py.
-    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    max_parallel: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    budget_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rpm: Mapped[int | None] = mapped_column(Big, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Big, nullable=True)
+    max_parallel: Mapped[int | None] = mapped_column(Big, nullable=True)
+    budget_tokens: Mapped[int | None] = mapped_column(Big, nullable=True)
     budget_period: Mapped[str | None] = mapped_column(String(16), nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
     models: Mapped[list | None] = mapped_column(JSON, nullable=True)
@@ -133,9 +156,9 @@ class UsageDaily(Base):
     key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     model: Mapped[str] = mapped_column(String(256), primary_key=True)
     day: Mapped[str] = mapped_column(String(10), primary_key=True)
-    requests: Mapped[int] = mapped_column(Integer, default=0)
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(Big, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Big, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Big, default=0)
 
 
 class RateWindow(Base):
@@ -144,8 +167,8 @@ class RateWindow(Base):
     __tablename__ = "rate_windows"
     key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     minute: Mapped[int] = mapped_column(Integer, primary_key=True)  # unix time // 60
-    requests: Mapped[int] = mapped_column(Integer, default=0)
-    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(Big, default=0)
+    tokens: Mapped[int] = mapped_column(Big, default=0)
 
 
 class AuditEntry(Base):
@@ -166,7 +189,29 @@ _engines: dict[str, tuple] = {}
 _lock = threading.Lock()
 
 
+def _finite(obj):
+    """JSON with NaN/Infinity replaced by null: PostgreSQL's json type rejects them (a diverged loss, say)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _pg_json(obj) -> str:
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj))
+
+
 def _make_engine(url: str):
+    if url.startswith("postgresql"):
+        # Timestamps come back in UTC whatever the server's TimeZone, as they do from SQLite.
+        return create_engine(url, pool_pre_ping=True, json_serializer=_pg_json,
+                             connect_args={"options": "-c timezone=UTC"})
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
@@ -189,6 +234,9 @@ def _make_engine(url: str):
     return engine
 
 
+MIGRATE_LOCK_KEY = 0x656D626572  # "ember": the advisory lock id migrations hold on PostgreSQL
+
+
 def _migrate(engine, settings: Settings) -> None:
     from alembic import command
     from alembic.config import Config
@@ -197,6 +245,16 @@ def _migrate(engine, settings: Settings) -> None:
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.attributes["connection_engine"] = engine
     settings.home.mkdir(parents=True, exist_ok=True)
+    if engine.dialect.name == "postgresql":
+        # Replicas on other machines share no file: a session-level advisory lock serialises them instead.
+        # The second one waits, then finds the schema at head and does nothing.
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATE_LOCK_KEY})
+            try:
+                command.upgrade(cfg, "head")
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATE_LOCK_KEY})
+        return
     # Two processes starting on a new home must not both create tables: serialise migrations on a file lock.
     with open(settings.home / ".migrate.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -244,3 +302,30 @@ def dispose_all() -> None:
         for engine, _ in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+def _dialect_insert(s, model):
+    if s.bind.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(model)
+
+
+def insert_ignore(s, model, **values) -> None:
+    """INSERT that does nothing when the primary key or a unique column already exists (both dialects)."""
+    s.execute(_dialect_insert(s, model).values(**values).on_conflict_do_nothing())
+
+
+def upsert_add(s, model, keys: dict, **inc) -> None:
+    """Add `inc` to a counter row, creating it at `inc` if missing: one atomic statement, no lost first insert
+    when two replicas count the same key at once."""
+    ins = _dialect_insert(s, model).values(**keys, **inc)
+    s.execute(ins.on_conflict_do_update(index_elements=list(keys),
+                                        set_={k: getattr(model, k) + ins.excluded[k] for k in inc}))
+
+
+def lock_row(s, model, *where):
+    """SELECT ... FOR UPDATE on PostgreSQL (writers of the row queue until we commit); SQLite's BEGIN IMMEDIATE
+    already holds the database's write lock, and SQLAlchemy renders no FOR UPDATE there."""
+    return s.scalar(select(model).where(*where).with_for_update())

@@ -143,8 +143,9 @@ def create(name: str, scopes: str | list[str] = "inference", settings: Settings 
     from ember.store import audit
 
     name = (name or "").strip()
-    if not name or len(name) > 128:
-        raise InvalidRequest("a key needs a name of 1-128 characters", param="name")
+    # Printable only: PostgreSQL refuses NUL in text, and a control character would garble `ember keys list`.
+    if not name or len(name) > 128 or not name.isprintable():
+        raise InvalidRequest("a key needs a name of 1-128 printable characters", param="name")
     scope_list = parse_scopes(scopes)
     values = _limits(limits)
     if values.get("budget_tokens") and not values.get("budget_period"):

@@ -63,6 +63,14 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
     return m["name"], (int(number) if number else None), m["alias"]
 
 
+def _tag_value(value) -> str:
+    # The column holds 1024 characters (PostgreSQL enforces it) and PostgreSQL refuses NUL in text.
+    text = str(value)
+    if len(text) > 1024 or "\x00" in text:
+        raise InvalidRequest("a tag value must be at most 1024 characters, without NUL", param="tags")
+    return text
+
+
 def check_name(name: str, what: str = "name") -> str:
     if not re.fullmatch(_NAME, name or ""):
         raise InvalidRequest(f"invalid {what} {name!r}: letters, digits, '.', '_' and '-' only")
@@ -151,6 +159,7 @@ def list_versions(name: str | None = None, settings: Settings | None = None) -> 
 
 
 def _move_alias(s, model: db.Model, alias: str, number: int, *, action: str = "move", detail=None) -> None:
+    db.lock_row(s, db.Model, db.Model.id == model.id)  # one alias move per model at a time (PostgreSQL)
     row = s.get(db.Alias, (model.id, alias))
     old = row.number if row else None
     if row is None:
@@ -182,6 +191,7 @@ def register_folder(folder: Path, name: str, *, kind: str = "model", metadata: d
     if require_weights is None:
         require_weights = kind == "model"
     files = hf_folder.safe_files(folder, require_weights=require_weights)
+    tags = {check_name(k, "tag key"): _tag_value(val) for k, val in (tags or {}).items()}
     meta = {**hf_folder.describe(folder), **(metadata or {})}
     db.connect(settings)
     if parent:
@@ -189,11 +199,10 @@ def register_folder(folder: Path, name: str, *, kind: str = "model", metadata: d
     with gc_lock(settings, exclusive=False):
         stored = {str(rel): blobs.put_file(folder / rel, settings) for rel in files}
         with db.session(settings) as s:
-            model = s.scalar(select(db.Model).where(db.Model.name == name))
-            if model is None:
-                model = db.Model(name=name)
-                s.add(model)
-                s.flush()
+            # The model row, created if new, locked until commit: concurrent imports of one name take numbers
+            # one after the other (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises them).
+            db.insert_ignore(s, db.Model, name=name, created_at=db.utcnow())
+            model = db.lock_row(s, db.Model, db.Model.name == name)
             if dedupe_source:
                 for v in model.versions:
                     if (v.meta or {}).get("source", {}).get("digest") == dedupe_source:
@@ -201,7 +210,7 @@ def register_folder(folder: Path, name: str, *, kind: str = "model", metadata: d
             number = (s.scalar(select(func.max(db.Version.number)).where(db.Version.model_id == model.id)) or 0) + 1
             v = db.Version(model=model, number=number, kind=kind, meta=meta, parent=parent)
             v.files = [db.File(path=p, digest=d, size=n) for p, (d, n) in stored.items()]
-            v.tags = [db.Tag(key=k, value=str(val)) for k, val in (tags or {}).items()]
+            v.tags = [db.Tag(key=k, value=val) for k, val in tags.items()]
             s.add(v)
             s.flush()
             _move_alias(s, model, "latest", number, action="register")
@@ -258,9 +267,9 @@ def tag(ref: str, tags: dict[str, str], settings: Settings | None = None) -> Ver
             check_name(k, "tag key")
             row = s.get(db.Tag, (v.id, k))
             if row is None:
-                v.tags.append(db.Tag(key=k, value=str(val)))
+                v.tags.append(db.Tag(key=k, value=_tag_value(val)))
             else:
-                row.value = str(val)
+                row.value = _tag_value(val)
         s.flush()
         return _info(s, v)
 
@@ -293,7 +302,8 @@ def delete(ref: str, settings: Settings | None = None) -> VersionInfo:
 
 
 def gc(settings: Settings | None = None) -> int:
-    """Delete blobs no version references; returns how many. Skipped while an import is writing blobs."""
+    """Delete blobs no version references; returns how many. Skipped while an import on this machine is writing
+    blobs; in a shared blob store only blobs older than `blobs.GC_GRACE_S` go (other machines' imports)."""
     from ember.store import files as uploads
 
     settings = settings or get_settings()
@@ -304,10 +314,7 @@ def gc(settings: Settings | None = None) -> int:
             used = set(s.scalars(select(db.File.digest).distinct()))
             used |= {d for d in s.scalars(select(db.EvalRun.outputs_digest)) if d}
             used |= uploads.digests(s)
-        orphans = blobs.all_digests(settings) - used
-        for d in orphans:
-            blobs.delete(d, settings)
-        return len(orphans)
+        return blobs.delete_unused(used, settings)
 
 
 def _cache_key(info: VersionInfo) -> str:
@@ -376,6 +383,7 @@ def verify(ref: str | None = None, settings: Settings | None = None) -> list[dic
             if digest not in checked:
                 try:
                     blobs.verify_blob(digest, settings)
+                    blobs.verify_shared(digest, settings)  # the shared store's copy too, when there is one
                     checked[digest] = None
                 except (CorruptFile, NotFound) as e:
                     checked[digest] = e.message

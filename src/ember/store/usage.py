@@ -11,7 +11,7 @@ produced (streamed ones in small batches). Writes are single-row upserts in one 
 import time
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from ember.config import Settings
 from ember.store import db
@@ -29,13 +29,8 @@ def _day(now: float | None = None) -> str:
 
 
 def _bump(s, model, keys: dict, **inc) -> None:
-    cols = {k: getattr(model, k) + v for k, v in inc.items()}
-    q = update(model).values(**cols)
-    for k, v in keys.items():
-        q = q.where(getattr(model, k) == v)
-    if s.execute(q).rowcount == 0:  # BEGIN IMMEDIATE serialises writers on SQLite: no lost insert race
-        s.add(model(**keys, **inc))
-        s.flush()
+    # One upsert: replicas counting the same key in the same minute never lose the row's first insert.
+    db.upsert_add(s, model, keys, **inc)
 
 
 def window(key_id: str, settings: Settings | None = None, now: float | None = None) -> tuple[int, int]:
