@@ -50,6 +50,34 @@ def start_request(key_id: str, model: str, settings: Settings | None = None, now
             s.execute(db.RateWindow.__table__.delete().where(db.RateWindow.minute < m - _KEEP_MINUTES))
 
 
+class _OverLimit(Exception):
+    pass
+
+
+def take_request(key_id: str, model: str, rpm: int | None, tpm: int | None, settings: Settings | None = None,
+                 now: float | None = None) -> tuple[int, int, bool]:
+    """Counts one request of `key_id` unless its minute already holds `rpm` requests or `tpm` tokens; returns
+    (requests before it, tokens, admitted). Count and check are one transaction that holds the minute's row
+    (the upsert's row lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so replicas admitting the same key at
+    the same moment queue on it and never admit more than rpm between them; a refused request is not counted."""
+    m = _minute(now)
+    seen = (0, 0)
+    try:
+        with db.session(settings) as s:
+            _bump(s, db.RateWindow, {"key_id": key_id, "minute": m}, requests=1, tokens=0)
+            row = s.get(db.RateWindow, (key_id, m), populate_existing=True)
+            seen = (row.requests - 1, row.tokens)
+            if (rpm and seen[0] >= rpm) or (tpm and seen[1] >= tpm):
+                raise _OverLimit  # rolls the count back
+            _bump(s, db.UsageDaily, {"key_id": key_id, "model": model, "day": _day(now)}, requests=1,
+                  prompt_tokens=0, completion_tokens=0)
+            if m % 5 == 0:
+                s.execute(db.RateWindow.__table__.delete().where(db.RateWindow.minute < m - _KEEP_MINUTES))
+    except _OverLimit:
+        return seen[0], seen[1], False
+    return seen[0], seen[1], True
+
+
 def add_tokens(key_id: str, model: str, prompt: int, completion: int, settings: Settings | None = None,
                now: float | None = None) -> None:
     if prompt <= 0 and completion <= 0:
