@@ -54,7 +54,7 @@ http {{
             proxy_set_header Host $host;
             proxy_buffering off;              # stream tokens as they come
             proxy_read_timeout 600s;
-            proxy_next_upstream error timeout http_502 http_503;
+            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
             add_header X-Upstream $upstream_addr always;   # which replica answered (tests and debugging)
         }}
     }}
