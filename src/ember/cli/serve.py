@@ -29,7 +29,10 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
                                                  help="Seconds in-flight requests get on SIGTERM."),
           max_body_mb: float = typer.Option(4.0, "--max-body-mb", help="Largest request body; beyond it: 413."),
           quantize: str = typer.Option(None, "--quantize", help="Weight quantization for decoders: int8."),
-          threads: int = typer.Option(0, "--threads", help="Torch threads (0: the engine's default).")):
+          threads: int = typer.Option(0, "--threads", help="Torch threads (0: the engine's default)."),
+          follow_interval: float = typer.Option(1.0, "--follow-interval", min=0,
+                                                help="Seconds between checks of the registry's aliases "
+                                                     "(a moved alias is hot-swapped); 0: never.")):
     """Serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings, streaming)."""
     from ember.config import get_settings
     from ember.server.app import ServeConfig, serve as run
@@ -40,5 +43,5 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
     cfg = ServeConfig(models=list(model or []), host=host, port=port, max_slots=max_slots, max_queue=max_queue,
                       max_seq_len=max_seq_len, max_body_bytes=int(max_body_mb * 1024 * 1024),
                       require_key=require_key, log_content=log_content, shutdown_timeout=shutdown_timeout,
-                      quantize=quantize, settings=settings)
+                      quantize=quantize, follow_interval=follow_interval, settings=settings)
     return run(cfg)

@@ -24,14 +24,15 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ember.config import Settings, get_settings
-from ember.server import errors, metrics as metrics_mod
+from ember.server import errors, follow, metrics as metrics_mod
 from ember.server.auth import Auth, require_scope
 from ember.server.middleware import BodyLimit, RequestLog
 from ember.server.pool import Pool
 
 log = logging.getLogger("ember.server")
 # Every route of the server, one router per module (imported when an app is created).
-ROUTERS = ["ember.server.openai_api", "ember.server.tasks_api", "ember.server.rerank_api", "ember.server.platform_api"]
+ROUTERS = ["ember.server.openai_api", "ember.server.tasks_api", "ember.server.rerank_api",
+           "ember.server.models_api", "ember.server.platform_api"]
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ServeConfig:
     log_content: bool = False
     shutdown_timeout: float = 30.0
     quantize: str | None = None
+    follow_interval: float = 1.0  # seconds between polls of the registry's alias counter; 0: do not follow
     settings: Settings | None = None
 
 
@@ -68,7 +70,11 @@ def _load_models(app: FastAPI) -> None:
 async def _lifespan(app: FastAPI):
     loader = asyncio.get_running_loop().run_in_executor(None, _load_models, app)
     app.state.loader = loader
+    interval = app.state.config.follow_interval
+    follower = asyncio.create_task(follow.follow(app, interval)) if interval > 0 else None
     yield
+    if follower is not None:
+        follower.cancel()
     app.state.draining = True
     if not loader.done():
         await loader
@@ -85,6 +91,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     st.pool = Pool(config.models, settings, max_slots=config.max_slots, max_queue=config.max_queue,
                    max_seq_len=config.max_seq_len, quantize=config.quantize)
     st.metrics = metrics_mod.create(st.pool)
+    st.metrics.lifecycle = follow.Lifecycle(st.metrics.registry)
     st.auth = Auth(settings, require_key=config.require_key)
     st.log_content = config.log_content
     st.draining = False

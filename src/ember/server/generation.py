@@ -26,6 +26,8 @@ class Run:
                  request_id: str | None = None):
         self.served, self.prompts, self.params, self.metrics, self.record = served, prompts, params, metrics, record
         self.request_id = request_id or uuid.uuid4().hex
+        # Pinned: a hot swap (server/follow.py) changes served.engine; this run stays on the version it began on.
+        self.engine, self.version = served.engine, served.ref
         self.units = len(prompts) * (1 if params.use_beam_search else params.n)
         self.t_arrival = time.perf_counter()
         self.t_admitted = self.t_first = self.t_last = None
@@ -55,7 +57,7 @@ class Run:
             return
         loop = asyncio.get_running_loop()
         q = self._q = asyncio.Queue()
-        engine = self.served.engine
+        engine = self.engine
         for pi, ids in enumerate(self.prompts):
             rid = f"{self.request_id}-{pi}"
             if self.params.use_beam_search:
@@ -116,7 +118,7 @@ class Run:
             self.aborted = True
             self._cancel.set()
             for rid in list(self._pending):
-                self.served.engine.abort(rid)  # a no-op for a beam search, which the cancel flag stops
+                self.engine.abort(rid)  # a no-op for a beam search, which the cancel flag stops
             self._pending.clear()
 
     def close(self, status: int = 200) -> None:
@@ -147,8 +149,12 @@ class Run:
         m.prompt_tokens.labels(name).inc(self.prompt_tokens)
         m.cached_tokens.labels(name).inc(self.cached_tokens)
         m.generation_tokens.labels(name).inc(self.completion_tokens)
+        lifecycle = getattr(m, "lifecycle", None)
+        if lifecycle is not None:
+            lifecycle.served(name, self.version, self.completion_tokens)
         self.record.update({
-            "model": name, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "model": name, "version": self.version,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "finish_reasons": sorted(set(self.finish_reasons)), "aborted": self.aborted,
             "queue_s": None if self.t_admitted is None else round(self.t_admitted - self.t_arrival, 4),

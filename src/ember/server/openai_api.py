@@ -18,7 +18,7 @@ import time
 import uuid
 
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ember.errors import EmberError, InvalidRequest
 from ember.server import formats
@@ -105,15 +105,20 @@ async def _run_generation(request: Request, served, prompts, params, body, fmt: 
                 return _client_gone(run)
             if st.log_content:
                 record["completion"] = [a.text for p in accs.values() for a in p.values()]
-            return fmt.full(accs, run, body.n)
+            return JSONResponse(fmt.full(accs, run, body.n), headers=_version_header(run))
         run.start()  # engine errors surface here, before any header is sent
         resp = SSEResponse(_stream(run, fmt, body, st.log_content),
-                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **_version_header(run)})
         resp.on_close = run.close
         return resp
     except BaseException:
         run.close(status=400)
         raise
+
+
+def _version_header(run: Run) -> dict:
+    """Which registry version answered (an alias may have moved since the client last looked)."""
+    return {"x-ember-model-version": run.version}
 
 
 async def _unless_disconnected(request: Request, coro, result: bool = False):

@@ -32,6 +32,10 @@ class ServedModel:
     engine: object | None = None
     encoder: object | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Life cycle (server/follow.py): the last load that failed (the old version keeps serving) and why.
+    failed_ref: str | None = None
+    error: str | None = None
+    swaps: int = 0
 
     @property
     def tokenizer(self):
@@ -92,22 +96,25 @@ class Pool:
     def load(self) -> None:
         """Resolve (pulling catalog models when needed) and load every model; runs in a background thread."""
         for ref in self.refs:
-            t = time.perf_counter()
-            info = resolve_or_pull(ref, self.settings)
-            kind = model_kind(info.metadata)
-            served = ServedModel(ref, info.ref, kind, info.metadata, int(info.created_at.timestamp()),
-                                 Admission(self.max_slots if kind == "generate" else 4, self.max_queue))
-            if kind == "generate":
-                from ember.engine.engine import Engine
+            self.models[ref] = self._load_one(ref)
 
-                served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
-                                            max_seq_len=self.max_seq_len, quantize=self.quantize)
-            else:
-                from ember.server.embeddings import load_encoder
+    def _load_one(self, ref: str) -> ServedModel:
+        t = time.perf_counter()
+        info = resolve_or_pull(ref, self.settings)
+        kind = model_kind(info.metadata)
+        served = ServedModel(ref, info.ref, kind, info.metadata, int(info.created_at.timestamp()),
+                             Admission(self.max_slots if kind == "generate" else 4, self.max_queue))
+        if kind == "generate":
+            from ember.engine.engine import Engine
 
-                served.encoder = load_encoder(info.ref, self.settings)
-            self.models[ref] = served
-            log.info("loaded %s (%s, %s) in %.1fs", ref, info.ref, kind, time.perf_counter() - t)
+            served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
+                                        max_seq_len=self.max_seq_len, quantize=self.quantize)
+        else:
+            from ember.server.embeddings import load_encoder
+
+            served.encoder = load_encoder(info.ref, self.settings)
+        log.info("loaded %s (%s, %s) in %.1fs", ref, info.ref, kind, time.perf_counter() - t)
+        return served
 
     def close(self) -> None:
         for m in self.models.values():
