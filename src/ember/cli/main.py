@@ -46,7 +46,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
     pass
 
 # Verb modules, each with `register(app)`; listed here so a newcomer sees every command group at a glance.
-VERB_MODULES = ["models", "generate", "serve", "keys", "train", "finetune", "evaluate"]
+VERB_MODULES = ["models", "generate", "serve", "keys", "train", "finetune", "evaluate", "served"]
 
 
 def _register_all() -> None:

@@ -32,10 +32,17 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
           threads: int = typer.Option(0, "--threads", help="Torch threads (0: the engine's default)."),
           follow_interval: float = typer.Option(1.0, "--follow-interval", min=0,
                                                 help="Seconds between checks of the registry's aliases "
-                                                     "(a moved alias is hot-swapped); 0: never.")):
+                                                     "(a moved alias is hot-swapped); 0: never."),
+          keep_alive: str = typer.Option(None, "--keep-alive",
+                                         help="Unload a model idle this long (30s, 5m, 1h); it loads again on its "
+                                              "next request. Default: keep loaded."),
+          max_memory: str = typer.Option(None, "--max-memory",
+                                         help="Memory budget for loaded models (e.g. 4GB): loading beyond it "
+                                              "unloads the least recently used idle model, else is refused.")):
     """Serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings, streaming)."""
     from ember.config import get_settings
     from ember.server.app import ServeConfig, serve as run
+    from ember.server.residency import parse_duration, parse_size
 
     settings = get_settings()
     if threads:
@@ -43,5 +50,6 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
     cfg = ServeConfig(models=list(model or []), host=host, port=port, max_slots=max_slots, max_queue=max_queue,
                       max_seq_len=max_seq_len, max_body_bytes=int(max_body_mb * 1024 * 1024),
                       require_key=require_key, log_content=log_content, shutdown_timeout=shutdown_timeout,
-                      quantize=quantize, follow_interval=follow_interval, settings=settings)
+                      quantize=quantize, follow_interval=follow_interval, settings=settings,
+                      keep_alive=parse_duration(keep_alive), max_memory=parse_size(max_memory))
     return run(cfg)

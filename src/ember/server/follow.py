@@ -4,7 +4,8 @@
     ember models alias m@production 2          # any process: within ~a second the server serves m:2
 
 `follow(app)` runs as a task on the server's event loop. Every `follow_interval` seconds it reads the
-registry's alias change counter (engine/model_set.py: one indexed query). When it grew, every served model
+registry's alias change counter (engine/model_set.py: one indexed query) and unloads idle models
+(server/residency.py, keep_alive). When it grew, every served model
 started by a movable reference (`name@alias`, plain `name`) is resolved again; one whose alias now names
 another version is swapped:
 
@@ -25,6 +26,7 @@ from prometheus_client import Counter
 
 from ember.engine import model_set
 from ember.errors import EmberError, Unsupported
+from ember.server import residency
 
 log = logging.getLogger("ember.server")
 
@@ -59,6 +61,7 @@ async def follow(app, interval: float) -> None:
         await asyncio.sleep(interval)
         if not st.pool.ready or st.draining:
             continue
+        residency.reap_idle(app)
         try:
             counter = await asyncio.to_thread(model_set.alias_counter, st.settings)
         except Exception as e:  # noqa: BLE001 - the next poll retries
@@ -68,7 +71,7 @@ async def follow(app, interval: float) -> None:
             continue
         last = counter
         for served in st.pool.all():
-            if model_set.follows_alias(served.id):
+            if model_set.follows_alias(served.id) and served.loaded:
                 await check(app, served)
 
 

@@ -1,55 +1,65 @@
-"""What a running server has loaded, over HTTP (admin keys): versions behind aliases, memory, load errors.
+"""What a running server has loaded, over HTTP (admin keys): list, load, unload, keep_alive.
 
     curl -H "Authorization: Bearer $ADMIN_KEY" localhost:8000/api/models/loaded
+    curl -H "Authorization: Bearer $ADMIN_KEY" -X POST localhost:8000/api/models/load \\
+         -d '{"model": "my-model@production", "keep_alive": "5m"}'
+    curl -H "Authorization: Bearer $ADMIN_KEY" -X POST localhost:8000/api/models/unload -d '{"model": "my-model"}'
 
-Each entry: the served id (as started), the version serving it now (`ref`, which moves with its alias), its
-weights' and KV cache's memory, how many hot swaps it went through, and the last failed load (`error`; the
-previous version kept serving). The process's RSS is reported once, for the whole server.
+Each entry: the served id (as started or loaded), the version serving it now (`ref`, which moves with its
+alias), its weights' and KV cache's memory, its keep_alive, how many hot swaps it went through, and the last
+failed load (`error`; the previous version kept serving). The process's RSS is reported once.
 """
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 
 from ember.engine import model_set
+from ember.errors import NotFound
+from ember.server import residency
 from ember.server.auth import require_scope
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_scope("admin"))])
 
 
-def _tensor_bytes(obj) -> int:
-    import torch
+class LoadRequest(BaseModel):
+    model: str
+    keep_alive: float | str | None = None  # seconds or "30s" / "5m" / "1h"; negative: forever
 
-    seen, total = set(), 0
 
-    def walk(x, depth=0):
-        nonlocal total
-        if depth > 4 or id(x) in seen:
-            return
-        seen.add(id(x))
-        if isinstance(x, torch.Tensor):
-            total += x.numel() * x.element_size()
-        elif isinstance(x, (list, tuple)):
-            for y in x:
-                walk(y, depth + 1)
-        elif hasattr(x, "__dict__"):
-            for y in vars(x).values():
-                walk(y, depth + 1)
-
-    walk(obj)
-    return total
+class UnloadRequest(BaseModel):
+    model: str
 
 
 def loaded_entry(m) -> dict:
     engine = m.engine
-    weights = _tensor_bytes(engine.model) if engine is not None and engine.model is not None else 0
-    cache = _tensor_bytes(engine.cache) if engine is not None and engine.cache is not None else 0
+    weights = residency.tensor_bytes(engine.model) if engine is not None and engine.model is not None else 0
+    cache = residency.tensor_bytes(engine.cache) if engine is not None and engine.cache is not None else 0
+    if m.encoder is not None:
+        weights = residency.tensor_bytes(m.encoder)
     return {"id": m.id, "ref": m.ref, "kind": m.kind, "loaded": m.loaded,
             "follows_alias": model_set.follows_alias(m.id),
             "memory_bytes": weights + cache, "weights_bytes": weights, "kv_cache_bytes": cache,
-            "running": m.admission.running, "waiting": m.admission.waiting, "swaps": m.swaps,
-            "error": m.error, "failed_ref": m.failed_ref}
+            "keep_alive": m.keep_alive, "running": m.admission.running, "waiting": m.admission.waiting,
+            "swaps": m.swaps, "error": m.error, "failed_ref": m.failed_ref}
 
 
 @router.get("/models/loaded")
 def loaded(request: Request):
-    pool = request.app.state.pool
-    return {"object": "list", "rss_bytes": model_set.rss_bytes(), "data": [loaded_entry(m) for m in pool.all()]}
+    st = request.app.state
+    return {"object": "list", "rss_bytes": model_set.rss_bytes(), "max_memory": st.config.max_memory,
+            "data": [loaded_entry(m) for m in st.pool.all()]}
+
+
+@router.post("/models/load")
+async def load(body: LoadRequest, request: Request):
+    residency.parse_duration(body.keep_alive)  # a bad value is a 400 before any work
+    return loaded_entry(await residency.load(request.app, body.model, body.keep_alive))
+
+
+@router.post("/models/unload")
+async def unload(body: UnloadRequest, request: Request):
+    served = residency.find(request.app.state.pool, body.model)
+    if served is None:
+        raise NotFound(f"the model {body.model!r} is not served here", param="model", code="model_not_found")
+    residency.unload(request.app, served)
+    return loaded_entry(served)

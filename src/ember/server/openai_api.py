@@ -25,6 +25,7 @@ from ember.server import formats
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady, error_body
 from ember.server.generation import Run
+from ember.server.residency import ensure_loaded
 from ember.server.schemas import ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
 
 router = APIRouter(dependencies=[Depends(require_scope("inference"))])
@@ -190,6 +191,7 @@ def _prompt_ids(engine, prompt) -> list[list[int]]:
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
+    await ensure_loaded(request, body.model)  # an unloaded model (keep_alive) loads; the request waits
     served = _served(request, body.model, "generate")
     params = body.to_sampling_params()
     engine = served.engine
@@ -204,6 +206,7 @@ async def completions(body: CompletionRequest, request: Request):
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
+    await ensure_loaded(request, body.model)  # an unloaded model (keep_alive) loads; the request waits
     served = _served(request, body.model, "generate")
     engine = served.engine
     messages = body.message_dicts()
@@ -219,6 +222,7 @@ async def chat_completions(body: ChatRequest, request: Request):
 # ----- embeddings, tokenize, detokenize -----
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
+    await ensure_loaded(request, body.model)  # an unloaded model (keep_alive) loads; the request waits
     served = _served(request, body.model, "embed")
     inputs = [body.input] if isinstance(body.input, str) or (body.input and isinstance(body.input[0], int)) \
         else list(body.input)

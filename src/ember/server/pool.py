@@ -36,6 +36,11 @@ class ServedModel:
     failed_ref: str | None = None
     error: str | None = None
     swaps: int = 0
+    # Residency (server/residency.py): seconds idle before unloading (None: never); an unloaded model keeps
+    # its entry and loads again on its next request.
+    keep_alive: float | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    unloaded: bool = False
 
     @property
     def tokenizer(self):
@@ -85,18 +90,21 @@ class Pool:
         self.max_slots, self.max_queue, self.max_seq_len, self.quantize = max_slots, max_queue, max_seq_len, quantize
         self.models: dict[str, ServedModel] = {}
         self._alias_cache: dict[str, tuple[float, str | None]] = {}
+        self.keep_alive: float | None = None  # given to each model loaded at start (server/residency.py)
 
     def all(self) -> list[ServedModel]:
         return list(self.models.values())
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and len(self.models) == len(self.refs) and all(m.loaded for m in self.models.values())
+        return (bool(self.models) and len(self.models) == len(self.refs)
+                and all(m.loaded or m.unloaded for m in self.models.values()))
 
     def load(self) -> None:
         """Resolve (pulling catalog models when needed) and load every model; runs in a background thread."""
         for ref in self.refs:
             self.models[ref] = self._load_one(ref)
+            self.models[ref].keep_alive = self.keep_alive
 
     def _load_one(self, ref: str) -> ServedModel:
         t = time.perf_counter()
