@@ -79,3 +79,77 @@ def rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
         return 0
+
+
+class AdapterCache:
+    """LoRA adapters resident on one engine's base, least recently used first out (`--max-adapters`).
+
+    `acquire(ref)` returns the adapter's slot for a request (loading it on first use: a cache miss) and
+    `release(slot)` is called when that request ends; an adapter still used by a running request is never
+    evicted, so a step never sees its rows' adapter change. Counters feed the server's metrics."""
+
+    def __init__(self, decoder, max_adapters: int, settings=None):
+        import threading
+        from collections import OrderedDict
+
+        from ember.models.lora import LoraSlots
+
+        if decoder.lora is None:
+            decoder.lora = LoraSlots()
+        self.decoder, self.max_adapters, self.settings = decoder, max_adapters, settings
+        self.by_ref: OrderedDict[str, int] = OrderedDict()
+        self.users: dict[int, int] = {}
+        self.lock = threading.Lock()
+        self.hits = self.misses = self.evictions = 0
+
+    def folder(self, ref: str):
+        from pathlib import Path
+
+        from ember.errors import InvalidRequest
+        from ember.store import registry
+
+        p = Path(ref).expanduser()
+        if p.is_dir():
+            return p
+        info = registry.resolve(ref, self.settings)
+        if info.kind != "adapter":
+            raise InvalidRequest(f"{info.ref} is a {info.kind}, not a LoRA adapter")
+        return registry.materialize(info, self.settings)
+
+    def acquire(self, ref: str) -> int:
+        from ember.errors import Overloaded
+        from ember.models.lora import load_adapter
+
+        with self.lock:
+            slot = self.by_ref.get(ref)
+            if slot is not None:
+                self.by_ref.move_to_end(ref)
+                self.hits += 1
+                self.users[slot] = self.users.get(slot, 0) + 1
+                return slot
+            self.misses += 1
+            reuse = None
+            if len(self.by_ref) >= self.max_adapters:
+                victim = next((r for r, s in self.by_ref.items() if not self.users.get(s)), None)
+                if victim is None:
+                    raise Overloaded(f"all {self.max_adapters} adapter slots are in use (--max-adapters)",
+                                     retry_after=1)
+                reuse = self.by_ref.pop(victim)
+                self.decoder.lora.slots[reuse] = None
+                self.evictions += 1
+                log.info("adapter %s evicted (least recently used)", victim)
+            ad = load_adapter(self.folder(ref), self.decoder, ref)
+            slot = self.decoder.lora.put(ad, reuse)
+            self.by_ref[ref] = slot
+            self.users[slot] = 1
+            return slot
+
+    def release(self, slot: int) -> None:
+        with self.lock:
+            self.users[slot] = max(self.users.get(slot, 0) - 1, 0)
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"loaded": list(self.by_ref), "hits": self.hits, "misses": self.misses,
+                    "evictions": self.evictions,
+                    "bytes": sum(a.nbytes for a in self.decoder.lora.slots if a is not None)}
