@@ -36,6 +36,9 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
           keep_alive: str = typer.Option(None, "--keep-alive",
                                          help="Unload a model idle this long (30s, 5m, 1h); it loads again on its "
                                               "next request. Default: keep loaded."),
+          max_adapters: int = typer.Option(8, "--max-adapters", min=0,
+                                           help="LoRA adapters kept loaded per base model (served unmerged, "
+                                                "loaded on first use, least recently used out); 0: none."),
           max_memory: str = typer.Option(None, "--max-memory",
                                          help="Memory budget for loaded models (e.g. 4GB): loading beyond it "
                                               "unloads the least recently used idle model, else is refused.")):
@@ -51,5 +54,6 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
                       max_seq_len=max_seq_len, max_body_bytes=int(max_body_mb * 1024 * 1024),
                       require_key=require_key, log_content=log_content, shutdown_timeout=shutdown_timeout,
                       quantize=quantize, follow_interval=follow_interval, settings=settings,
-                      keep_alive=parse_duration(keep_alive), max_memory=parse_size(max_memory))
+                      keep_alive=parse_duration(keep_alive), max_memory=parse_size(max_memory),
+                      max_adapters=max_adapters)
     return run(cfg)

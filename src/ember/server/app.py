@@ -50,6 +50,7 @@ class ServeConfig:
     quantize: str | None = None
     keep_alive: float | None = None  # seconds idle before a model unloads (None: never); see residency.py
     max_memory: int | None = None  # bytes of model weights + caches; beyond it: evict LRU idle or refuse
+    max_adapters: int = 8  # LoRA adapters resident per base (served unmerged); least recently used out
     follow_interval: float = 1.0  # seconds between polls of the registry's alias counter; 0: do not follow
     settings: Settings | None = None
 
@@ -92,9 +93,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     st.config, st.settings = config, settings
     st.pool = Pool(config.models, settings, max_slots=config.max_slots, max_queue=config.max_queue,
                    max_seq_len=config.max_seq_len, quantize=config.quantize)
-    st.pool.keep_alive = config.keep_alive
+    st.pool.keep_alive, st.pool.max_adapters = config.keep_alive, config.max_adapters
     st.metrics = metrics_mod.create(st.pool)
-    st.metrics.lifecycle = follow.Lifecycle(st.metrics.registry)
+    st.metrics.lifecycle = follow.Lifecycle(st.metrics.registry, st.pool)
     st.auth = Auth(settings, require_key=config.require_key)
     st.log_content = config.log_content
     st.draining = False

@@ -34,8 +34,10 @@ log = logging.getLogger("ember.server")
 class Lifecycle:
     """Metrics of loads, swaps and per-version traffic, registered on the app's metrics registry."""
 
-    def __init__(self, registry):
+    def __init__(self, registry, pool=None):
         r = registry
+        if pool is not None:
+            r.register(_AdapterStats(pool))
         self.loads = Counter("ember:model_loads", "Model versions loaded.", ["model_name", "version"], registry=r)
         self.failures = Counter("ember:model_load_failures", "Model version loads that failed.",
                                 ["model_name", "version"], registry=r)
@@ -51,6 +53,29 @@ class Lifecycle:
         # Label values are registry versions this server loaded: bounded by the swaps it made.
         self.requests.labels(name, version).inc()
         self.tokens.labels(name, version).inc(tokens)
+
+
+class _AdapterStats:
+    """LoRA adapter cache counters of every base engine, read at scrape time."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        fams = {k: CounterMetricFamily(f"ember:adapter_cache_{k}", f"LoRA adapter cache {k}.", labels=["model_name"])
+                for k in ("hits", "misses", "evictions")}
+        loaded = GaugeMetricFamily("ember:adapters_loaded", "LoRA adapters resident on a base.", labels=["model_name"])
+        for m in self.pool.all():
+            cache = m.engine.adapters if m.engine is not None else None
+            if cache is not None:
+                stats = cache.stats()
+                for k, fam in fams.items():
+                    fam.add_metric([m.id], stats[k])
+                loaded.add_metric([m.id], len(stats["loaded"]))
+        yield from fams.values()
+        yield loaded
 
 
 async def follow(app, interval: float) -> None:

@@ -17,7 +17,7 @@ import uuid
 
 from ember.engine.sampling import SamplingParams
 from ember.engine.scheduler import Delta
-from ember.errors import Overloaded
+from ember.errors import InvalidRequest, Overloaded
 from ember.server.pool import ServedModel
 
 
@@ -58,6 +58,9 @@ class Run:
         loop = asyncio.get_running_loop()
         q = self._q = asyncio.Queue()
         engine = self.engine
+        if self.params.use_beam_search and getattr(self.served, "adapter", None):
+            raise InvalidRequest("beam search is not available for LoRA adapters served unmerged; merge the "
+                                 "adapter (`ember models merge`) and serve the merged model", param="use_beam_search")
         for pi, ids in enumerate(self.prompts):
             rid = f"{self.request_id}-{pi}"
             if self.params.use_beam_search:
@@ -67,7 +70,8 @@ class Run:
                 continue
             cb = (lambda d, pi=pi: loop.call_soon_threadsafe(q.put_nowait, ("delta", pi, None, d)))
             try:
-                engine.add_request(ids, self.params, cb, request_id=rid)
+                engine.add_request(ids, self.params, cb, request_id=rid,
+                                   adapter=getattr(self.served, "adapter", None))
             except BaseException:
                 self._abort_pending()
                 raise

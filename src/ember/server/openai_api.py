@@ -68,7 +68,9 @@ def _served(request: Request, name: str | None, kind: str):
 # ----- models -----
 @router.get("/v1/models")
 async def list_models(request: Request):
-    return {"object": "list", "data": [formats.model_card(m) for m in _state(request).pool.all()]}
+    pool = _state(request).pool
+    adapters = await asyncio.to_thread(pool.adapter_cards)  # LoRA adapters served by a base, unmerged
+    return {"object": "list", "data": [formats.model_card(m) for m in pool.all()] + adapters}
 
 
 @router.get("/v1/models/{model_id:path}")

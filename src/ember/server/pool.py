@@ -57,6 +57,17 @@ class ServedModel:
         return self.engine is not None or self.encoder is not None
 
 
+class AdapterView:
+    """A LoRA adapter served by its base's engine (unmerged): the base's engine, admission and tokenizer,
+    the adapter's own id (as the request named it) and version; Run passes `adapter` to the engine."""
+
+    def __init__(self, base: ServedModel, name: str, ref: str):
+        self.base, self.id, self.ref, self.adapter = base, name, ref, ref
+
+    def __getattr__(self, attr):
+        return getattr(self.base, attr)
+
+
 def model_kind(metadata: dict) -> str:
     """"generate" or "embed": the engine decides, so a type it cannot load is refused before loading."""
     from ember.engine.encoders import DECODERS, ENCODER_TYPES, kind_of
@@ -91,6 +102,7 @@ class Pool:
         self.models: dict[str, ServedModel] = {}
         self._alias_cache: dict[str, tuple[float, str | None]] = {}
         self.keep_alive: float | None = None  # given to each model loaded at start (server/residency.py)
+        self.max_adapters = 8  # LoRA adapters resident per base engine (models/lora.py), LRU beyond
 
     def all(self) -> list[ServedModel]:
         return list(self.models.values())
@@ -116,7 +128,8 @@ class Pool:
             from ember.engine.engine import Engine
 
             served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
-                                        max_seq_len=self.max_seq_len, quantize=self.quantize)
+                                        max_seq_len=self.max_seq_len, quantize=self.quantize,
+                                        max_adapters=self.max_adapters)
         else:
             from ember.server.embeddings import load_encoder
 
@@ -143,6 +156,43 @@ class Pool:
         self._alias_cache[name] = (now, ref)
         return ref
 
+    def _adapter_of(self, name: str) -> "AdapterView | None":
+        """A LoRA adapter version whose base (its registry parent) is served here: served unmerged by it."""
+        now = time.monotonic()
+        hit = self._alias_cache.get("adapter:" + name)
+        if hit is None or now - hit[0] >= 5:
+            from ember.store import registry
+
+            try:
+                info = registry.resolve(name, self.settings)
+                hit = (now, (info.ref, info.parent) if info.kind == "adapter" else None)
+            except EmberError:
+                hit = (now, None)
+            self._alias_cache["adapter:" + name] = hit
+        if hit[1] is None:
+            return None
+        ref, parent = hit[1]
+        base = next((m for m in self.models.values() if m.ref == parent and m.kind == "generate"), None)
+        if base is None or base.engine is None or base.engine.adapters is None:
+            return None
+        return AdapterView(base, name, ref)
+
+    def adapter_cards(self) -> list[dict]:
+        """/v1/models entries for the registry's adapters whose base is served here (listed with `parent`)."""
+        from ember.store import registry
+
+        bases = {m.ref: m for m in self.models.values() if m.kind == "generate" and m.engine is not None
+                 and m.engine.adapters is not None}
+        if not bases:
+            return []
+        cards = []
+        for v in registry.list_versions(settings=self.settings):
+            if v.kind == "adapter" and v.parent in bases and "latest" in v.aliases:
+                cards.append({"id": v.name, "object": "model", "created": int(v.created_at.timestamp()),
+                              "owned_by": "ember", "root": v.ref, "parent": bases[v.parent].id,
+                              "max_model_len": bases[v.parent].context_length, "capabilities": ["completions", "chat"]})
+        return cards
+
     def get(self, name: str | None, kind: str) -> ServedModel:
         """The served model a request names (or the only one of `kind` when it names none)."""
         if not name:
@@ -154,6 +204,8 @@ class Pool:
         if served is None:
             version = self._version_of(name)
             served = next((m for m in self.models.values() if version and m.ref == version), None)
+        if served is None and kind == "generate":
+            served = self._adapter_of(name)
         if served is None:
             raise NotFound(f"the model {name!r} does not exist or is not served here (see /v1/models)",
                            param="model", code="model_not_found")
