@@ -93,6 +93,7 @@ def test_adapters_and_base_in_one_batch(start_server, lora_home):
     tokenizer = AutoTokenizer.from_pretrained(str(materialize("tb", Settings(home=home))))
     for model in ("ad-a", "ad-b", "tb"):
         for i in range(3):
-            assert tok[(model, i)] == [tokenizer.decode([t], skip_special_tokens=False) for t in want[model][i]], (model, i)
+            want_toks = [tokenizer.decode([t], skip_special_tokens=False) for t in want[model][i]]
+            assert tok[(model, i)] == want_toks, (model, i)
     assert server.metric("ember:adapter_cache_misses_total", model_name="tb") == 2
     assert server.metric("ember:adapter_cache_hits_total", model_name="tb") >= 4
