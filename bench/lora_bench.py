@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ember.engine.engine import Engine
+from ember.engine.model_set import rss_bytes
 from ember.engine.sampling import SamplingParams
 from ember.models.loading import resolve_folder
 
@@ -57,7 +58,10 @@ def main() -> None:
         folders = make_adapters(base, Path(tmp), args.adapters, args.rank)
         engine = Engine.load(base, max_slots=args.streams, max_seq_len=256, max_adapters=args.adapters)
         run(engine, 4, 4, [None])  # warm-up
+        before = rss_bytes()
         run(engine, 4, 4, folders)  # loads the adapters (cache misses) outside the measurement
+        per_adapter = (rss_bytes() - before) / args.adapters
+        file_size = sum(f.stat().st_size for f in Path(tmp).glob("a*/adapter_model.safetensors")) / args.adapters
         base_tps = run(engine, args.streams, args.max_tokens, [None])
         lora_tps = run(engine, args.streams, args.max_tokens, folders)
         engine.close()
@@ -65,6 +69,8 @@ def main() -> None:
     print(f"adapters: {lora_tps:7.1f} tok/s  ({args.streams} streams over {args.adapters} adapters, rank "
           f"{args.rank}, {len(TARGETS)} projections)")
     print(f"ratio:    {lora_tps / base_tps:.2f}  (target >= 0.70)")
+    print(f"RSS per adapter: {per_adapter / 2**20:.1f} MB for a {file_size / 2**20:.1f} MB adapter file "
+          f"({per_adapter / file_size:.2f}x; target < 3x)")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def test_mixed_batch_equals_merged_models(tiny_chat_dir, adapters):
         assert toks == want[w][PROMPTS.index(p)], (w, p)
     stats = base.adapters.stats()
     assert stats["misses"] == 2 and stats["hits"] >= 6 and len(stats["loaded"]) == 2
+    files = sum((adapters[n] / "adapter_model.safetensors").stat().st_size for n in ("a", "b"))
+    assert stats["bytes"] < 3 * files  # an adapter costs its own weights, not a copy of the base
     base.close()
 
 
