@@ -120,7 +120,7 @@ class LlamaDecoder:
         x = self.embed[b.tokens] if self.embed is not None else self.lm_head[:, b.tokens].t().contiguous()
         cos, sin = self.cos[b.positions][:, None, :], self.sin[b.positions][:, None, :]
         half = D // 2
-        rows = getattr(b, "lora_rows", None) if self.lora is not None else None
+        rows = self.lora.groups(getattr(b, "lora_rows", None)) if self.lora is not None else None
         for i, L in enumerate(self.layers):
             h = rms_norm(x, L.ln1, self.eps)
             qkv = h @ L.wqkv if L.bqkv is None else (h @ L.wqkv) + L.bqkv  # packed: bias fused, bqkv None

@@ -103,22 +103,25 @@ class LoraSlots:
             self.slots[slot] = ad
         return slot
 
-    def add(self, layer: int, proj: str, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """y (the projection's output for x) plus each row's adapter update; y itself is not changed."""
+    def groups(self, rows: torch.Tensor | None) -> list[tuple[Adapter, torch.Tensor]] | None:
+        """Once per step: each adapter used by the step with the indices of its rows (S-LoRA's gather)."""
         if rows is None:
-            return y
-        out = None
+            return None
+        out = []
         for slot in torch.unique(rows).tolist():
-            if slot < 0:
-                continue
-            ad = self.slots[slot]
-            parts = ad.deltas.get((layer, proj)) if ad is not None else None
+            ad = self.slots[slot] if slot >= 0 else None
+            if ad is not None:
+                out.append((ad, (rows == slot).nonzero().squeeze(1)))
+        return out or None
+
+    @staticmethod
+    def add(layer: int, proj: str, x: torch.Tensor, y: torch.Tensor, groups) -> torch.Tensor:
+        """Adds each row group's adapter update into y (a fresh projection output, changed in place)."""
+        for ad, idx in groups:
+            parts = ad.deltas.get((layer, proj))
             if not parts:
                 continue
-            idx = (rows == slot).nonzero().squeeze(1)
             xg = x.index_select(0, idx)
-            if out is None:
-                out = y.clone()
             for lo, hi, a, b in parts:
-                out[idx, lo:hi] += (xg @ a) @ b
-        return y if out is None else out
+                y[:, lo:hi].index_add_(0, idx, (xg @ a) @ b)
+        return y
