@@ -5,10 +5,12 @@
 
 An adapter is PEFT's folder (adapter_config.json + adapter_model.safetensors). For every projection it
 targets (PEFT's `target_modules`: q/k/v/o_proj, gate/up/down_proj) it holds A [in, r] and B [r, out] scaled
-by alpha/r. The decoder calls `LoraSlots.add(layer, proj, x, y)` right after each `y = x @ W`; rows are
-grouped by adapter (S-LoRA/Punica's gather: a batch mixes a few adapters, each group is two small matmuls
-on its own rows) and the low-rank update `(x_g @ A) @ B * scale` is added into the projection's columns of
-that target. The base weights are never copied: an adapter costs its own tensors (2 * r * (in + out) floats
+by alpha/r. The decoder calls `LoraSlots.add(layer, proj, x, y, step)` right after each `y = x @ W`: the
+step's active adapters' A matrices are concatenated (cached while the set stays the same), every row is
+multiplied by all of them at once, a per-row mask keeps only the row's own adapter's rank columns, and the
+concatenated B adds the update into the projection's columns of that target: `((x A_cat) * mask) B_cat`
+(Punica's segmented matmul as two dense matmuls; with a few small-rank adapters this beats gathering).
+The base weights are never copied: an adapter costs its own tensors (2 * r * (in + out) floats
 per targeted projection), which is what lets one base serve many adapters.
 """
 
@@ -29,6 +31,7 @@ _TARGETS = {"q_proj": ("qkv", 0), "k_proj": ("qkv", 1), "v_proj": ("qkv", 2), "o
 @dataclass
 class Adapter:
     name: str
+    rank: int
     # (layer, fused projection) -> list of (column start, column end, A [in, r], B [r, out] * scale)
     deltas: dict[tuple[int, str], list[tuple[int, int, torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
 
@@ -54,8 +57,9 @@ def load_adapter(folder: Path, decoder, name: str) -> Adapter:
         conf = json.loads((folder / "adapter_config.json").read_text())
     except (OSError, ValueError) as e:
         raise CorruptFile(f"{folder}: cannot read adapter_config.json: {e}") from None
-    if conf.get("peft_type", "LORA") != "LORA" or conf.get("use_dora") or conf.get("use_rslora"):
-        raise Unsupported(f"{name}: only plain LoRA adapters are served unmerged (not DoRA/rsLoRA)")
+    if (conf.get("peft_type", "LORA") != "LORA" or conf.get("use_dora") or conf.get("use_rslora")
+            or conf.get("rank_pattern") or conf.get("alpha_pattern")):
+        raise Unsupported(f"{name}: only plain LoRA adapters (one rank and alpha) are served unmerged; merge it")
     r, alpha = int(conf["r"]), float(conf.get("lora_alpha", conf["r"]))
     scale = alpha / r
     files = sorted(folder.glob("adapter_model*.safetensors"))
@@ -65,7 +69,7 @@ def load_adapter(folder: Path, decoder, name: str) -> Adapter:
     for f in files:
         weights.update(load_file(str(f)))
     ranges = _column_ranges(decoder)
-    ad = Adapter(name)
+    ad = Adapter(name, r)
     for key, a in weights.items():
         if ".lora_A." not in key:
             continue
@@ -94,8 +98,11 @@ class LoraSlots:
 
     def __init__(self):
         self.slots: list[Adapter | None] = []
+        self._key: tuple = ()  # the active adapter slots the concatenated A/B in _cat belong to
+        self._cat: dict = {}
 
     def put(self, ad: Adapter, slot: int | None = None) -> int:
+        self._key, self._cat = (), {}  # a slot's adapter changes: rebuild the concatenations
         if slot is None:
             slot = len(self.slots)
             self.slots.append(ad)
@@ -103,25 +110,43 @@ class LoraSlots:
             self.slots[slot] = ad
         return slot
 
-    def groups(self, rows: torch.Tensor | None) -> list[tuple[Adapter, torch.Tensor]] | None:
-        """Once per step: each adapter used by the step with the indices of its rows (S-LoRA's gather)."""
+    def groups(self, rows: torch.Tensor | None):
+        """Once per step: the adapters the step uses and a [T, sum of ranks] mask that keeps, for each row,
+        only its own adapter's columns (Punica's segmented matmul as two dense matmuls: with a few adapters
+        of small rank, computing every row against every active adapter's A costs less than gathering)."""
         if rows is None:
             return None
-        out = []
-        for slot in torch.unique(rows).tolist():
-            ad = self.slots[slot] if slot >= 0 else None
-            if ad is not None:
-                out.append((ad, (rows == slot).nonzero().squeeze(1)))
-        return out or None
+        active = tuple(s for s in torch.unique(rows).tolist() if s >= 0 and self.slots[s] is not None)
+        if not active:
+            return None
+        if active != self._key:
+            self._key, self._cat = active, {}
+        cols = []
+        for s in active:
+            cols.append((rows == s).unsqueeze(1).expand(-1, self.slots[s].rank))
+        return self, torch.cat(cols, 1).float()
+
+    def _parts(self, layer: int, proj: str, width: int):
+        """(lo, hi, A_cat [in, R], B_cat [R, hi - lo]) over the active adapters, cached until the set changes."""
+        key = (layer, proj)
+        if key not in self._cat:
+            ads = [self.slots[s] for s in self._key]
+            ranges = sorted({(lo, hi) for ad in ads for lo, hi, _, _ in ad.deltas.get(key, [])})
+            parts = []
+            for lo, hi in ranges:
+                As, Bs = [], []
+                for ad in ads:
+                    found = next(((a, b) for l2, h2, a, b in ad.deltas.get(key, []) if (l2, h2) == (lo, hi)), None)
+                    As.append(found[0] if found else torch.zeros(width, ad.rank))
+                    Bs.append(found[1] if found else torch.zeros(ad.rank, hi - lo))
+                parts.append((lo, hi, torch.cat(As, 1).contiguous(), torch.cat(Bs, 0).contiguous()))
+            self._cat[key] = parts
+        return self._cat[key]
 
     @staticmethod
-    def add(layer: int, proj: str, x: torch.Tensor, y: torch.Tensor, groups) -> torch.Tensor:
-        """Adds each row group's adapter update into y (a fresh projection output, changed in place)."""
-        for ad, idx in groups:
-            parts = ad.deltas.get((layer, proj))
-            if not parts:
-                continue
-            xg = x.index_select(0, idx)
-            for lo, hi, a, b in parts:
-                y[:, lo:hi].index_add_(0, idx, (xg @ a) @ b)
+    def add(layer: int, proj: str, x: torch.Tensor, y: torch.Tensor, step) -> torch.Tensor:
+        """Adds each row's adapter update into y (a fresh projection output, changed in place)."""
+        slots, mask = step
+        for lo, hi, a, b in slots._parts(layer, proj, x.shape[1]):
+            y[:, lo:hi] += ((x @ a) * mask) @ b
         return y
