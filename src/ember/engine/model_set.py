@@ -66,7 +66,7 @@ def release_memory() -> None:
 def free_engine(engine) -> None:
     """Stops the engine's thread and drops what it holds; the caller must drop its own references too."""
     engine.close()
-    for name in ("cache", "model", "loaded"):
+    for name in ("cache", "model", "loaded", "adapters"):
         if hasattr(engine, name):
             setattr(engine, name, None)
     release_memory()
