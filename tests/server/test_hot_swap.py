@@ -51,19 +51,25 @@ def follow_home(tmp_path_factory, smollm2_dir):
 
 @pytest.fixture(scope="module")
 def server(start_server, follow_home):
-    return start_server(follow_home, "--model", "m@production", "--max-slots", 12, "--max-seq-len", 512,
-                        "--follow-interval", 0.5)
+    from ember.store import keys
+
+    key = keys.create("ops", "admin", Settings(home=follow_home))[1]  # /api/models/loaded is admin only
+    server = start_server(follow_home, "--model", "m@production", "--max-slots", 12, "--max-seq-len", 512,
+                          "--follow-interval", 0.5)
+    server.key = key
+    server.headers = {"Authorization": f"Bearer {server.key}"}
+    return server
 
 
 def _answered_by(server) -> str:
     r = httpx.post(server.v1 + "/completions", json={"model": "m@production", "prompt": "Hi", "max_tokens": 2},
-                   timeout=120)
+                   timeout=120, headers=server.headers)
     assert r.status_code == 200, r.text
     return r.headers["x-ember-model-version"]
 
 
 def _loaded(server) -> dict:
-    return httpx.get(server.url + "/api/models/loaded", timeout=30).json()["data"][0]
+    return httpx.get(server.url + "/api/models/loaded", timeout=30, headers=server.headers).json()["data"][0]
 
 
 def _alias(run_cli, home, version):
@@ -73,14 +79,14 @@ def _alias(run_cli, home, version):
 
 def test_promotion_swaps_while_streams_finish(server, follow_home, run_cli):
     assert _answered_by(server) == "m:1"
-    models = OpenAI(base_url=server.v1, api_key="x").models.list().data
+    models = OpenAI(base_url=server.v1, api_key=server.key).models.list().data
     assert [(m.id, m.root) for m in models] == [("m@production", "m:1")]
     one_model = _rss(server.proc.pid)
 
     started, results = threading.Barrier(9), []
 
     def stream():
-        with httpx.Client(timeout=300) as http, http.stream(
+        with httpx.Client(timeout=300, headers=server.headers) as http, http.stream(
                 "POST", server.v1 + "/completions",
                 json={"model": "m@production", "prompt": PROMPT, "max_tokens": 48, "ignore_eos": True,
                       "temperature": 0, "stream": True}) as r:
@@ -111,7 +117,7 @@ def test_promotion_swaps_while_streams_finish(server, follow_home, run_cli):
         assert version == "m:1"
         assert not any("error" in c for c in chunks)
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
-    assert [m.root for m in OpenAI(base_url=server.v1, api_key="x").models.list().data] == ["m:2"]
+    assert [m.root for m in OpenAI(base_url=server.v1, api_key=server.key).models.list().data] == ["m:2"]
 
     _wait_for(lambda: "freed m:1" in server.log(), "the old version freed", 60)
     assert _rss(server.proc.pid) <= one_model * 1.10

@@ -143,7 +143,8 @@ def ensure(pool, name: str, *, admin: bool = False, keep_alive=False):
                 new_id = name if admin else info.ref  # on demand: served as its version (`fine_tuned_model`)
                 if not admin and sum(m.on_demand and m.loaded for m in pool.all()) >= MAX_ON_DEMAND:
                     _evict(pool, [m for m in pool.all() if m.on_demand and m.loaded],
-                           f"{MAX_ON_DEMAND} models loaded on demand are all busy; retry later")
+                           f"{MAX_ON_DEMAND} models loaded on demand are all busy; retry later",
+                           f"evicted (more than {MAX_ON_DEMAND} models loaded on demand)")
                 make_room(pool, estimate_bytes(info))
                 new = pool._load_one(new_id)
                 new.on_demand = not admin
@@ -188,11 +189,12 @@ def _count(pool, what: str, served) -> None:
         (counter.labels(served.id, served.ref) if what == "loads" else counter.labels(served.id)).inc()
 
 
-def _evict(pool, candidates: list, why: str) -> None:
+def _evict(pool, candidates: list, why: str, reason: str) -> None:
+    """Unloads the least recently used idle candidate; NotReady(why) when every candidate is busy."""
     idle = sorted((m for m in candidates if _idle(m)), key=lambda m: m.last_used)
     if not idle:
         raise NotReady(why)
-    unload(pool, idle[0], reason="evicted (least recently used)")
+    unload(pool, idle[0], reason=reason)
 
 
 def make_room(pool, need: int, keep=None) -> None:
@@ -204,7 +206,8 @@ def make_room(pool, need: int, keep=None) -> None:
         if used + need <= budget:
             return
         _evict(pool, loaded, f"not enough memory: loading needs {need / 2**20:.0f} MB, {used / 2**20:.0f} MB of "
-                             f"the {budget / 2**20:.0f} MB budget (--max-memory) are used by busy models")
+                             f"the {budget / 2**20:.0f} MB budget (--max-memory) are used by busy models",
+               "evicted for memory")
 
 
 def unload(pool, served, reason: str = "unloaded") -> None:
