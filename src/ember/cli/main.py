@@ -46,7 +46,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
     pass
 
 # Verb modules, each with `register(app)`; listed here so a newcomer sees every command group at a glance.
-VERB_MODULES = ["models", "generate", "serve", "keys", "audit", "train", "finetune", "evaluate", "jobs"]
+VERB_MODULES = ["models", "generate", "serve", "keys", "audit", "train", "finetune", "evaluate", "jobs",
+               "served"]
 
 
 def _register_all() -> None:

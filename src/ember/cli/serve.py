@@ -4,6 +4,7 @@
     ember serve --model smollm2-135m-instruct --model my-model@production --port 9000 --require-key
     ember serve --no-workers                                 # inference only: jobs run on other replicas
     ember serve --backend vllm --model my-model@production   # decoders on vLLM's GPU engine (docs/deploy.md)
+    ember serve --model m@production --keep-alive 5m --max-memory 4GB   # follows m's alias; unloads when idle
 
 With no --model it serves smollm2-135m-instruct and minilm-l6-v2, pulling them from the bundled catalog on
 the first start. Stop it with Ctrl-C or SIGTERM: in-flight requests get --shutdown-timeout seconds to finish.
@@ -68,12 +69,25 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
           workers: int = typer.Option(1, "--workers", min=0,
                                       help="Jobs (fine-tuning, training, batches) this server runs at once."),
           no_workers: bool = typer.Option(False, "--no-workers",
-                                          help="Run no jobs here (a pure inference replica).")):
+                                          help="Run no jobs here (a pure inference replica)."),
+          follow_interval: float = typer.Option(1.0, "--follow-interval", min=0,
+                                                help="Seconds between checks of the registry's aliases "
+                                                     "(a moved alias is hot-swapped); 0: never."),
+          keep_alive: str = typer.Option(None, "--keep-alive",
+                                         help="Unload a model idle this long (30s, 5m, 1h); it loads again on its "
+                                              "next request. Default: keep loaded."),
+          max_adapters: int = typer.Option(8, "--max-adapters", min=0,
+                                           help="LoRA adapters kept loaded per base model (served unmerged, "
+                                                "loaded on first use, least recently used out); 0: none."),
+          max_memory: str = typer.Option(None, "--max-memory",
+                                         help="Memory budget for loaded models (e.g. 4GB): loading beyond it "
+                                              "unloads the least recently used idle model, else is refused.")):
     """Serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings, streaming)."""
     from ember.config import get_settings
     from ember.errors import InvalidRequest
     from ember.server.app import ServeConfig, serve as run
     from ember.server.limits import RequestLimits
+    from ember.server.residency import parse_duration, parse_size
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise InvalidRequest("give both --ssl-certfile and --ssl-keyfile")
@@ -102,5 +116,8 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
                                            max_prompt_chars=max_prompt_chars or max(65536, 32 * max_seq_len),
                                            max_messages=max_messages, default_max_tokens=default_max_tokens,
                                            queue_timeout=queue_timeout, request_timeout=request_timeout),
-                      ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, backend=backend)
+                      ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, backend=backend,
+                      follow_interval=follow_interval,
+                      keep_alive=parse_duration(keep_alive), max_memory=parse_size(max_memory),
+                      max_adapters=max_adapters)
     return run(cfg)

@@ -57,17 +57,24 @@ class Engine:
         self.generated_tokens = 0
         self._structured: structured.Structured | None = None
         self._grammars: dict = {}  # compiled constraint templates, most recent last
+        self.adapters = None  # engine/model_set.AdapterCache: unmerged LoRA adapters served on this base
 
     @classmethod
     def load(cls, ref_or_path, settings=None, *, max_slots: int = 32, max_seq_len: int = 2048,
-             step_tokens: int = 256, threads: int | None = None, quantize: str | None = None) -> "Engine":
+             step_tokens: int = 256, threads: int | None = None, quantize: str | None = None,
+             max_adapters: int = 0) -> "Engine":
         """ref_or_path: an existing HF folder, or a registry reference (`name`, `name:3`, `name@prod`).
         quantize="int8": dynamic int8 weights for the projections (faster, not bit-equal to transformers)."""
         threads = threads or (settings.threads if settings is not None and settings.threads else None)
         if threads:
             compute.set_threads(threads)
         loaded = compute.run(load_model, ref_or_path, settings, quantize=quantize)
-        return cls(loaded, max_slots=max_slots, max_seq_len=max_seq_len, step_tokens=step_tokens)
+        engine = cls(loaded, max_slots=max_slots, max_seq_len=max_seq_len, step_tokens=step_tokens)
+        if max_adapters > 0 and getattr(loaded.model, "family", None) == "llama":
+            from ember.engine.model_set import AdapterCache
+
+            engine.adapters = AdapterCache(loaded.model, max_adapters, settings)
+        return engine
 
     # ----- counters the server exports as metrics -----
     @property
@@ -154,8 +161,10 @@ class Engine:
             raise InvalidRequest("logit_bias token id out of range", param="logit_bias")
         return room if p.max_tokens is None else p.max_tokens
 
-    def add_request(self, prompt, params: SamplingParams, on_delta, request_id: str | None = None) -> str:
-        """Queues a request; on_delta(Delta) is called from the engine thread. Returns the request id."""
+    def add_request(self, prompt, params: SamplingParams, on_delta, request_id: str | None = None,
+                    adapter: str | None = None) -> str:
+        """Queues a request; on_delta(Delta) is called from the engine thread. Returns the request id.
+        adapter: a LoRA adapter (registry reference or folder) applied to this request's rows only."""
         if self._closed:
             raise InvalidRequest("the engine is closed")
         if params.use_beam_search:
@@ -167,6 +176,10 @@ class Engine:
             raise Overloaded("the engine's queue is full", retry_after=1)
         rid = request_id or uuid.uuid4().hex
         req = Request(rid, ids, params, on_delta)
+        if adapter:
+            if self.adapters is None:
+                raise InvalidRequest("this engine serves no LoRA adapters (start it with max_adapters > 0)")
+            req.adapter = self.adapters.acquire(adapter)
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_ids))
         for i in range(params.n):
             gen = None if params.greedy else seeded_generator(params.seed, i)
@@ -194,7 +207,8 @@ class Engine:
                 and not compute.on_compute_thread()):
             done.wait()
 
-    def generate(self, prompts: list, params: SamplingParams | list[SamplingParams]) -> list[Completion]:
+    def generate(self, prompts: list, params: SamplingParams | list[SamplingParams],
+                 adapters: list[str | None] | None = None) -> list[Completion]:
         """Runs all prompts through the continuous batch together; returns completions in prompt order."""
         if isinstance(prompts, (str,)) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
@@ -224,7 +238,7 @@ class Engine:
 
             with lock:
                 pending[0] += 1
-            self.add_request(ids, p, on_delta)
+            self.add_request(ids, p, on_delta, adapter=adapters[i] if adapters else None)
         with lock:
             if pending[0] == 0:
                 all_done.set()
@@ -375,6 +389,10 @@ class Engine:
             off += n
         if scoring:
             b.logit_index = torch.tensor(index, dtype=torch.long)
+        if self.adapters is not None:  # each token row's LoRA adapter slot (-1: the base alone)
+            lora = [s.request.adapter for s in out.decode] + [s.request.adapter for s, n in out.prefill
+                                                               for _ in range(n)]
+            b.lora_rows = torch.tensor(lora) if any(a >= 0 for a in lora) else None
         logits = self.model.forward(b, self.cache)
         res = StepResult()
         for s, r0, n in scoring:
@@ -444,6 +462,8 @@ class Engine:
         if req.finished:
             usage = req.usage()
             self._requests.pop(req.request_id, None)
+            if req.adapter >= 0:
+                self.adapters.release(req.adapter)
         self._emit(req, Delta(req.request_id, s.index, text + s.detok.flush(), toks, lps, reason, usage,
                               _take_prompt_logprobs(s)))
 

@@ -134,6 +134,7 @@ class Request:
     on_delta: object  # callable(Delta), called from the engine thread
     seqs: list[Sequence] = field(default_factory=list)
     arrival: float = field(default_factory=time.monotonic)
+    adapter: int = -1  # LoRA adapter slot of the base engine (engine/model_set.AdapterCache), -1: none
 
     @property
     def finished(self) -> bool:

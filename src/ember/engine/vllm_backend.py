@@ -214,6 +214,13 @@ class VllmEngine:
         self.max_slots, self.max_waiting = max_slots, max_waiting
         self._make_params = make_params
         self._requests: dict[str, _Tracked] = {}
+        # What the server's life cycle (engine/model_set.py, server/residency.py) reads of an engine: no Ember
+        # KV cache or LoRA cache here (vLLM owns GPU memory), nothing queued outside vLLM.
+        self.cache = None
+        self.adapters = None
+        self.pins = 0
+        self._inbox = SimpleNamespace(empty=lambda: True)
+        self.sched = SimpleNamespace(has_work=lambda: bool(self._requests))
         self._closed = False
         self.steps = 0  # vLLM's own steps are not visible here; outputs received instead
         self.generated_tokens = 0
@@ -224,7 +231,8 @@ class VllmEngine:
 
     @classmethod
     def load(cls, ref_or_path, settings=None, *, max_slots: int = 32, max_seq_len: int = 2048,
-             step_tokens: int = 256, threads: int | None = None, quantize: str | None = None) -> "VllmEngine":
+             step_tokens: int = 256, threads: int | None = None, quantize: str | None = None,
+             max_adapters: int = 0) -> "VllmEngine":
         """A registry reference (or folder) served by vLLM on the GPU; refuses cleanly without vllm or CUDA."""
         from ember.models.loading import load_tokenizer, read_json, resolve_folder
 
@@ -276,9 +284,13 @@ class VllmEngine:
         raise Unsupported("beam search is not served by --backend vllm", param="use_beam_search")
 
     # ----- requests -----
-    def add_request(self, prompt, params: SamplingParams, on_delta, request_id: str | None = None) -> str:
+    def add_request(self, prompt, params: SamplingParams, on_delta, request_id: str | None = None,
+                    adapter: str | None = None) -> str:
         if self._closed:
             raise InvalidRequest("the engine is closed")
+        if adapter is not None:
+            raise Unsupported("unmerged LoRA adapters are not served by --backend vllm; merge the adapter "
+                              "(`ember models merge`) and serve the merged model", param="model")
         ids = self.encode(prompt)
         max_tokens = self.check(ids, params)
         if params.constraint is not None:

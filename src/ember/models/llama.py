@@ -75,6 +75,7 @@ class LlamaDecoder:
         if cfg.get("mlp_bias"):
             raise Unsupported("Llama models with MLP biases (mlp_bias=true) are not supported")
         self.scale = self.head_dim**-0.5
+        self.lora = None  # models.lora.LoraSlots once an adapter is served on this base
         w = weights
         embed = w.pop("model.embed_tokens.weight")
         head = w.pop("lm_head.weight", None)
@@ -119,19 +120,24 @@ class LlamaDecoder:
         x = self.embed[b.tokens] if self.embed is not None else self.lm_head[:, b.tokens].t().contiguous()
         cos, sin = self.cos[b.positions][:, None, :], self.sin[b.positions][:, None, :]
         half = D // 2
+        rows = self.lora.groups(getattr(b, "lora_rows", None)) if self.lora is not None else None
         for i, L in enumerate(self.layers):
             h = rms_norm(x, L.ln1, self.eps)
             qkv = h @ L.wqkv if L.bqkv is None else (h @ L.wqkv) + L.bqkv  # packed: bias fused, bqkv None
+            if rows is not None:  # per-row LoRA adapters (models/lora.py), unmerged
+                qkv = self.lora.add(i, "qkv", h, qkv, rows)
             q = qkv[:, : H * D].view(T, H, D)
             k = qkv[:, H * D : (H + KV) * D].view(T, KV, D)
             v = qkv[:, (H + KV) * D :].view(T, KV, D)
             q = q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin
             k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
             a = cache.attend(i, q, k, v, b, self.scale)
-            x = x + (a @ L.wo if L.bo is None else (a @ L.wo) + L.bo)
+            o = a @ L.wo if L.bo is None else (a @ L.wo) + L.bo
+            x = x + (o if rows is None else self.lora.add(i, "o", a, o, rows))
             h = rms_norm(x, L.ln2, self.eps)
-            gu = h @ L.wgu
+            gu = h @ L.wgu if rows is None else self.lora.add(i, "gu", h, h @ L.wgu, rows)
             inter = gu.shape[1] // 2
-            x = x + (F.silu(gu[:, :inter]) * gu[:, inter:]) @ L.wdown
+            act = F.silu(gu[:, :inter]) * gu[:, inter:]
+            x = x + (act @ L.wdown if rows is None else self.lora.add(i, "down", act, act @ L.wdown, rows))
         x = rms_norm(x[b.logit_index], self.norm, self.eps)
         return x @ self.lm_head

@@ -9,7 +9,9 @@ Security defaults and limits are described in docs/security.md (server/hosts.py,
 `create_app(config)` returns the app; models load in a background thread after startup so /health answers
 at once and /ready turns 200 when every model is loaded. Routes live in the routers listed in `ROUTERS`:
 openai_api (/v1 completions, chat, embeddings, /tokenize, /detokenize), tasks_api (/v1/classify, /v1/tag),
-rerank_api (/v1/rerank, /score) and platform_api (/api, admin keys). A new capability adds its router there.
+rerank_api (/v1/rerank, /score), models_api (/api/models/loaded|load|unload) and platform_api (/api, admin
+keys), among others. A new capability adds its router there. While the server runs, `follow.follow` polls the
+registry's aliases (hot swap) and unloads idle models (keep_alive, server/residency.py).
 
 `serve(config)` runs uvicorn. SIGTERM/SIGINT: stop admitting (new requests get 503, queued ones still
 run), let in-flight requests finish for up to `shutdown_timeout` seconds, cancel what is left (each stream's
@@ -28,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ember.config import Settings, get_settings
-from ember.server import errors, limits as limits_mod, metrics as metrics_mod
+from ember.server import errors, follow, limits as limits_mod, metrics as metrics_mod
 from ember.server.auth import Auth, require_scope
 from ember.server.hosts import RequestGuard, default_allowed_hosts
 from ember.server.middleware import BodyLimit, RequestLog
@@ -36,10 +38,11 @@ from ember.server.pool import Pool
 
 log = logging.getLogger("ember.server")
 # Every route of the server, one router per module (imported when an app is created).
+# models_api before platform_api: /api/models/loaded must not be taken for the version `loaded`.
 ROUTERS = ["ember.server.openai_api", "ember.server.responses_api", "ember.server.tasks_api",
            "ember.server.rerank_api", "ember.server.files_api", "ember.server.fine_tuning_api",
-           "ember.server.batches_api", "ember.server.platform_api", "ember.server.jobs_api", "ember.server.usage_api",
-           "ember.server.admin_api"]
+           "ember.server.batches_api", "ember.server.models_api", "ember.server.platform_api",
+           "ember.server.jobs_api", "ember.server.usage_api", "ember.server.admin_api"]
 
 
 @dataclass
@@ -57,6 +60,10 @@ class ServeConfig:
     shutdown_timeout: float = 30.0
     quantize: str | None = None
     workers: int = 1  # job slots of the worker this server runs (jobs/worker.py); 0: none
+    keep_alive: float | None = None  # seconds idle before a model unloads (None: never); see residency.py
+    max_memory: int | None = None  # bytes of model weights + caches; beyond it: evict LRU idle or refuse
+    max_adapters: int = 8  # LoRA adapters resident per base (served unmerged); least recently used out
+    follow_interval: float = 1.0  # seconds between polls of the registry's alias counter; 0: do not follow
     settings: Settings | None = None
     allowed_hosts: list[str] | None = None  # None: loopback names when bound to loopback, else any
     allowed_origins: list[str] = field(default_factory=list)  # CORS; none by default
@@ -98,7 +105,11 @@ async def _lifespan(app: FastAPI):
         worker = Worker(app.state.settings, app.state.config.workers, pool=app.state.pool,
                         in_process={"batch": batches}).start()
     app.state.worker = worker
+    interval = app.state.config.follow_interval
+    follower = asyncio.create_task(follow.follow(app, interval)) if interval > 0 else None
     yield
+    if follower is not None:
+        follower.cancel()
     app.state.draining = True
     if worker is not None:  # running jobs stop; resumable ones go back to the queue
         await asyncio.get_running_loop().run_in_executor(None, worker.stop)
@@ -117,8 +128,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     per_key = config.max_queue_per_key if config.max_queue_per_key is not None else max(1, config.max_queue // 4)
     st.pool = Pool(config.models, settings, max_slots=config.max_slots, max_queue=config.max_queue,
                    max_seq_len=config.max_seq_len, quantize=config.quantize, max_queue_per_key=per_key,
+                   keep_alive=config.keep_alive, max_memory=config.max_memory, max_adapters=config.max_adapters,
                    backend=config.backend)
     st.metrics = metrics_mod.create(st.pool)
+    st.metrics.lifecycle = st.pool.lifecycle = follow.Lifecycle(st.metrics.registry, st.pool)
     st.auth = Auth(settings, require_key=config.require_key)
     st.log_content = config.log_content
     st.limits = config.limits

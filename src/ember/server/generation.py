@@ -17,8 +17,8 @@ import uuid
 
 from ember.engine.sampling import SamplingParams
 from ember.engine.scheduler import Delta
-from ember.errors import Overloaded
-from ember.server.errors import RequestTimeout
+from ember.errors import InvalidRequest, Overloaded
+from ember.server.errors import NotReady, RequestTimeout
 from ember.server.pool import ServedModel
 
 
@@ -27,6 +27,13 @@ class Run:
                  request_id: str | None = None):
         self.served, self.prompts, self.params, self.metrics, self.record = served, prompts, params, metrics, record
         self.request_id = request_id or uuid.uuid4().hex
+        # Pinned: a hot swap (server/follow.py) or an unload changes served.engine; this run stays on the version
+        # it began on, and that engine is not freed before the run ends (model_set.engine_idle counts pins).
+        self.engine, self.version = served.engine, served.ref
+        if self.engine is None:
+            raise NotReady(f"the model {served.id!r} was just unloaded; retry")
+        self.engine.pins = getattr(self.engine, "pins", 0) + 1  # runs live on the event loop: no lock needed
+        record["version"] = self.version  # the x-ember-model-version header and the log line say who answered
         # Every sequence the engine runs counts: n choices, or every beam of a beam search.
         self.units = len(prompts) * (params.num_beams if params.use_beam_search else params.n)
         self.tenant = None  # the API key id: admission is fair across keys
@@ -65,7 +72,10 @@ class Run:
             return
         loop = asyncio.get_running_loop()
         q = self._q = asyncio.Queue()
-        engine = self.served.engine
+        engine = self.engine
+        if self.params.use_beam_search and getattr(self.served, "adapter", None):
+            raise InvalidRequest("beam search is not available for LoRA adapters served unmerged; merge the "
+                                 "adapter (`ember models merge`) and serve the merged model", param="use_beam_search")
         for pi, ids in enumerate(self.prompts):
             rid = f"{self.request_id}-{pi}"
             if self.params.use_beam_search:
@@ -78,7 +88,8 @@ class Run:
                 loop.call_soon_threadsafe(q.put_nowait, ("delta", pi, None, d))
 
             try:
-                engine.add_request(ids, self.params, cb, request_id=rid)
+                engine.add_request(ids, self.params, cb, request_id=rid,
+                                   adapter=getattr(self.served, "adapter", None))
             except BaseException:
                 self._abort_pending()
                 raise
@@ -139,7 +150,7 @@ class Run:
             self.aborted = True
             self._cancel.set()
             for rid in list(self._pending):
-                self.served.engine.abort(rid)  # a no-op for a beam search, which the cancel flag stops
+                self.engine.abort(rid)  # a no-op for a beam search, which the cancel flag stops
             self._pending.clear()
 
     def close(self, status: int = 200) -> None:
@@ -148,6 +159,7 @@ class Run:
             return
         self._closed = True
         self._abort_pending()
+        self.engine.pins -= 1
         if self._admitted:
             self.served.admission.release(self.units)
         m, name = self.metrics, self.served.id
@@ -172,8 +184,12 @@ class Run:
         m.prompt_tokens.labels(name).inc(self.prompt_tokens)
         m.cached_tokens.labels(name).inc(self.cached_tokens)
         m.generation_tokens.labels(name).inc(self.completion_tokens)
+        lifecycle = getattr(m, "lifecycle", None)
+        if lifecycle is not None:
+            lifecycle.served(name, self.version, self.completion_tokens)
         self.record.update({
-            "model": name, "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "model": name, "version": self.version,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
             "cached_tokens": self.cached_tokens,
             "finish_reasons": sorted(set(self.finish_reasons)), "aborted": self.aborted,
             "queue_s": None if self.t_admitted is None else round(self.t_admitted - self.t_arrival, 4),

@@ -114,6 +114,8 @@ class RequestLog:
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
                 extra = [(k.encode(), v.encode()) for k, v in (state.get("ratelimit_headers") or {}).items()]
+                if record.get("version"):  # the registry version that answered (server/generation.py)
+                    extra.append((b"x-ember-model-version", str(record["version"]).encode()))
                 msg = {**msg, "headers": [*msg.get("headers", []), (b"x-request-id", rid.encode()), *extra]}
             await send(msg)
 

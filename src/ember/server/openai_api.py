@@ -24,10 +24,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from ember.errors import EmberError, InvalidRequest
-from ember.server import formats, limits, tools
+from ember.server import formats, limits, residency, tools
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady, error_body
 from ember.server.generation import Run
+from ember.server.residency import ensure_loaded
 from ember.server.schemas import ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, TokenizeRequest
 from ember.server.structured_schemas import constraint_of
 
@@ -66,9 +67,12 @@ def _served(request: Request, name: str | None, kind: str):
     if st.draining:
         raise NotReady("the server is shutting down")
     served = st.pool.get(name, kind) if st.pool.models else None
-    if served is None or not served.loaded:
+    if served is None:
         raise NotReady("models are still loading; see /ready")
     limits.check_model(request, served)  # a key limited to other models gets 404
+    if not served.loaded:  # unloaded while this request waited: it has to come again
+        raise NotReady(f"the model {served.id!r} is not loaded; retry")
+    request.state.log["version"] = served.ref  # the x-ember-model-version header (server/middleware.py)
     return served
 
 
@@ -76,8 +80,11 @@ def _served(request: Request, name: str | None, kind: str):
 @router.get("/v1/models")
 async def list_models(request: Request):
     key = getattr(request.state, "key", None)
-    return {"object": "list", "data": [formats.model_card(m) for m in _state(request).pool.all()
-                                       if key is None or limits.allowed(key, m)]}
+    pool = _state(request).pool
+    adapters = await asyncio.to_thread(pool.adapter_cards)  # LoRA adapters served by a base, unmerged
+    cards = [formats.model_card(m) for m in pool.all() if key is None or limits.allowed(key, m)]
+    return {"object": "list", "data": cards + [c for c in adapters if key is None or limits.allowed(
+        key, residency.Named(c["id"], c["root"]))]}
 
 
 @router.get("/v1/models/{model_id:path}")
@@ -201,6 +208,7 @@ def _prompt_ids(engine, prompt) -> list[list[int]]:
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
+    await ensure_loaded(request, body.model, "generate")  # one not in memory loads; the request waits
     served = _served(request, body.model, "generate")
     lim = _state(request).limits
     limits.check_text(body, lim)  # sizes, ranges and valid text before any tokenizing
@@ -219,6 +227,7 @@ async def completions(body: CompletionRequest, request: Request):
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatRequest, request: Request):
+    await ensure_loaded(request, body.model, "generate")  # one not in memory loads; the request waits
     served = _served(request, body.model, "generate")
     lim = _state(request).limits
     limits.check_chat(body, lim)  # message count, characters, valid text: before the template is rendered
@@ -251,6 +260,7 @@ async def _constrained(engine, params: "SamplingParams", constraint) -> "Samplin
 # ----- embeddings, tokenize, detokenize -----
 @router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request):
+    await ensure_loaded(request, body.model, "embed")  # one not in memory loads; the request waits
     served = _served(request, body.model, "embed")
     limits.check_text(body, _state(request).limits, "input", per_item=True)
     inputs = [body.input] if isinstance(body.input, str) or (body.input and isinstance(body.input[0], int)) \
@@ -293,6 +303,11 @@ def _embed_locked(served, inputs):
         return served.encoder.embed(inputs)
 
 
+async def _any_served_loaded(request: Request, name: str | None):
+    await ensure_loaded(request, name)
+    return _any_served(request, name)
+
+
 def _any_served(request: Request, name: str | None):
     pool = _state(request).pool
     if not name and len(pool.models) > 1:
@@ -307,7 +322,7 @@ def _any_served(request: Request, name: str | None):
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request):
-    served = _any_served(request, body.model)
+    served = await _any_served_loaded(request, body.model)
     tok = served.tokenizer
     lim = _state(request).limits
     if body.messages is not None:
@@ -327,7 +342,7 @@ async def tokenize(body: TokenizeRequest, request: Request):
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request):
-    served = _any_served(request, body.model)
+    served = await _any_served_loaded(request, body.model)
     vocab = len(served.tokenizer)
     bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
     if bad is not None:
@@ -340,7 +355,7 @@ async def detokenize(body: DetokenizeRequest, request: Request):
 async def tokenizer_info(request: Request, model: str | None = None):
     """vLLM's /tokenizer_info: the tokenizer's settings and chat template (what lm-evaluation-harness's
     `tokenizer_backend=remote` reads before it tokenizes through /tokenize)."""
-    served = _any_served(request, model)
+    served = await _any_served_loaded(request, model)
     request.state.log["model"] = served.id
     return formats.tokenizer_info(served.tokenizer, served.context_length)
 

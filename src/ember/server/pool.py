@@ -6,9 +6,11 @@ A served model's id (in /v1/models and in responses) is the reference it was sta
 typed: that is the name clients already know. A request may also name it by any other reference to the
 same version (`name`, `name:N`, `name@alias`); those are resolved through the registry (cached briefly)
 and matched by version. Decoder models (llama, mistral, gpt2) serve completions and chat; encoder models
-(BERT family) serve embeddings, and by their head classify, tag, rerank and score (engine/encoders.py). A
-registered version not named at start that descends from a served model (a fine-tuning job's result) is loaded
-on demand (`ensure`), up to MAX_ON_DEMAND of them.
+(BERT family) serve embeddings, and by their head classify, tag, rerank and score (engine/encoders.py).
+A LoRA adapter version whose parent is served is served unmerged by its base's engine (`AdapterView`).
+Anything loaded after start goes through one mechanism, `residency.ensure` (`Pool.ensure` for the job
+worker): a model unloaded by keep_alive or for memory, a registered version descending from a served model
+(a fine-tuning job's result, up to MAX_ON_DEMAND at once), or any version an admin loads (/api/models/load).
 """
 
 import logging
@@ -21,7 +23,7 @@ from ember.server.admission import Admission
 
 log = logging.getLogger("ember.server")
 DEFAULT_MODELS = ["smollm2-135m-instruct", "minilm-l6-v2"]
-MAX_ON_DEMAND = 4  # registered versions (fine-tuning results) a server loads when first asked for
+MAX_ON_DEMAND = 4  # versions a request or a job may make the server load (fine-tuning results) at once
 
 
 @dataclass
@@ -35,6 +37,16 @@ class ServedModel:
     engine: object | None = None
     encoder: object | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Life cycle (server/follow.py): the last load that failed (the old version keeps serving) and why.
+    failed_ref: str | None = None
+    error: str | None = None
+    swaps: int = 0
+    # Residency (server/residency.py): seconds idle before unloading (None: never); an unloaded model keeps
+    # its entry and loads again on its next request.
+    keep_alive: float | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    unloaded: bool = False
+    on_demand: bool = False  # loaded because a request or a job named it (counts toward MAX_ON_DEMAND)
 
     @property
     def tokenizer(self):
@@ -49,6 +61,17 @@ class ServedModel:
     @property
     def loaded(self) -> bool:
         return self.engine is not None or self.encoder is not None
+
+
+class AdapterView:
+    """A LoRA adapter served by its base's engine (unmerged): the base's engine, admission and tokenizer,
+    the adapter's own id (as the request named it) and version; Run passes `adapter` to the engine."""
+
+    def __init__(self, base: ServedModel, name: str, ref: str):
+        self.base, self.id, self.ref, self.adapter = base, name, ref, ref
+
+    def __getattr__(self, attr):
+        return getattr(self.base, attr)
 
 
 def model_kind(metadata: dict) -> str:
@@ -78,7 +101,8 @@ def resolve_or_pull(ref: str, settings):
 
 class Pool:
     def __init__(self, refs: list[str], settings, *, max_slots: int, max_queue: int, max_seq_len: int,
-                 quantize: str | None = None, max_queue_per_key: int | None = None, backend: str = "ember"):
+                 quantize: str | None = None, max_queue_per_key: int | None = None, keep_alive: float | None = None,
+                 max_memory: int | None = None, max_adapters: int = 8, backend: str = "ember"):
         self.backend = backend  # "ember" (the CPU engine) or "vllm" (engine/vllm_backend.py, GPU)
         self.refs = list(dict.fromkeys(refs or DEFAULT_MODELS))
         self.settings = settings
@@ -86,20 +110,24 @@ class Pool:
         self.max_queue_per_key = max_queue_per_key
         self.models: dict[str, ServedModel] = {}
         self._alias_cache: dict[str, tuple[float, str | None]] = {}
-        self._dynamic: list[str] = []  # versions loaded on demand (fine-tuning results), at most MAX_ON_DEMAND
-        self._loading: dict[str, threading.Event] = {}
-        self._dynamic_lock = threading.Lock()
+        self.keep_alive = keep_alive  # given to each model it loads (server/residency.py); None: forever
+        self.max_memory = max_memory  # bytes of weights + caches (--max-memory); None: no budget
+        self.max_adapters = max_adapters  # LoRA adapters resident per base engine (models/lora.py), LRU beyond
+        self.lifecycle = None  # server/follow.Lifecycle (load/unload counters), set by the app
+        self.lock = threading.Lock()  # guards models/refs changes made from worker threads
+        self.loading: dict[str, threading.Event] = {}  # loads in progress, so concurrent callers wait for one
 
     def all(self) -> list[ServedModel]:
         return list(self.models.values())
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and len(self.models) == len(self.refs) and all(m.loaded for m in self.models.values())
+        return (bool(self.models) and len(self.models) == len(self.refs)
+                and all(m.loaded or m.unloaded for m in self.models.values()))
 
     def load(self) -> None:
         """Resolve (pulling catalog models when needed) and load every model; runs in a background thread."""
-        for ref in self.refs:
+        for ref in list(self.refs):
             self.models[ref] = self._load_one(ref)
 
     def _load_one(self, ref: str) -> ServedModel:
@@ -116,82 +144,48 @@ class Pool:
                 from ember.engine.engine import Engine
 
             served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
-                                        max_seq_len=self.max_seq_len, quantize=self.quantize)
+                                        max_seq_len=self.max_seq_len, quantize=self.quantize,
+                                        max_adapters=self.max_adapters)
         else:
             from ember.server.embeddings import load_encoder
 
             served.encoder = load_encoder(info.ref, self.settings)
+        served.keep_alive = self.keep_alive
         log.info("loaded %s (%s, %s) in %.1fs", ref, info.ref, kind, time.perf_counter() - t)
         return served
 
-    def ensure(self, ref: str) -> ServedModel:
-        """Serve a registered version not named at start (a fine-tuning job's result), loading it once.
+    def ensure(self, ref: str):
+        """The served model `ref` names, loaded now if it is not in memory (blocking; see residency.ensure).
+        The job worker calls it before a fine-tuning job reports success, so `fine_tuned_model` answers at once."""
+        from ember.server import residency
 
-        Blocking: the job worker calls it before it reports the job succeeded, so `fine_tuned_model` answers
-        at once; a request naming such a version starts the load in a thread and gets 503 until it is done.
-        """
-        from ember.store import registry
+        return residency.ensure(self, ref)
 
-        try:
-            version = registry.resolve(ref, self.settings).ref
-        except EmberError:
-            version = None
-        with self._dynamic_lock:
-            found = next((m for m in self.models.values() if version and m.ref == version), None)
-            if found is not None:
-                return found
-            if version is None:
-                raise NotFound(f"the model {ref!r} does not exist", param="model", code="model_not_found")
-            if len(self._dynamic) >= MAX_ON_DEMAND:
-                raise NotFound(f"the model {ref!r} is not served here and {MAX_ON_DEMAND} models were already "
-                               "loaded on demand; restart the server with --model", param="model",
-                               code="model_not_found")
-            event = self._loading.get(version)
-            owner = event is None
-            if owner:
-                event = self._loading[version] = threading.Event()
-        if not owner:
-            event.wait()
-            return self.ensure(ref)
-        try:
-            served = self._load_one(version)
-            with self._dynamic_lock:
-                self.models[version] = served
-                self.refs.append(version)
-                self._dynamic.append(version)
-            return served
-        finally:
-            with self._dynamic_lock:
-                self._loading.pop(version, None)
-            event.set()
+    def add(self, served: ServedModel) -> None:
+        with self.lock:
+            self.models[served.id] = served
+            if served.id not in self.refs:
+                self.refs.append(served.id)
 
-    def _derived(self, name: str) -> bool:
-        """Whether `name` descends from a served model (a fine-tune of it): only those load on demand, so a
-        request cannot make the server load any model of the registry."""
-        from ember.store import registry
-
-        try:
-            lineage = registry.resolve(name, self.settings).lineage
-        except EmberError:
-            return False
+    def derived(self, lineage: list[str]) -> bool:
+        """Whether a version descends from a served model (a fine-tune of it): only those load on demand, so
+        a request cannot make the server load any model of the registry."""
         served = {m.ref for m in self.models.values()}
         return any(ref in served for ref in lineage)
 
-    def _load_in_background(self, name: str, version: str) -> None:
-        from ember.server.errors import NotReady
-
-        with self._dynamic_lock:
-            busy = version in self._loading
-        if not busy and len(self._dynamic) < MAX_ON_DEMAND:
-            def load():
-                try:
-                    self.ensure(version)
-                except Exception:
-                    log.exception("loading %s on demand failed", version)
-            threading.Thread(target=load, name=f"load-{version}", daemon=True).start()
-        elif not busy:
-            return
-        raise NotReady(f"the model {name!r} is being loaded; retry in a few seconds")
+    def find(self, name: str | None, kind: str | None = None):
+        """The served model (or adapter view) `name` names, loaded or not, without loading anything; None when
+        nothing served matches. No name: the only model of `kind` (or the only model)."""
+        if not name:
+            of_kind = [m for m in self.models.values() if kind is None or m.kind == kind]
+            return of_kind[0] if len(of_kind) == 1 else None
+        served = self.models.get(name)
+        if served is None:
+            version = self._version_of(name)
+            served = next((m for m in self.models.values() if version and m.ref == version), None)
+        if served is None and kind in (None, "generate"):
+            served = self._adapter_of(name)
+        return served
 
     def close(self) -> None:
         for m in self.models.values():
@@ -212,19 +206,57 @@ class Pool:
         self._alias_cache[name] = (now, ref)
         return ref
 
+    def _adapter_of(self, name: str) -> "AdapterView | None":
+        """A LoRA adapter version whose base (its registry parent) is served here: served unmerged by it."""
+        now = time.monotonic()
+        hit = self._alias_cache.get("adapter:" + name)
+        if hit is None or now - hit[0] >= 5:
+            from ember.store import registry
+
+            try:
+                info = registry.resolve(name, self.settings)
+                hit = (now, (info.ref, info.parent) if info.kind == "adapter" else None)
+            except EmberError:
+                hit = (now, None)
+            self._alias_cache["adapter:" + name] = hit
+        if hit[1] is None:
+            return None
+        ref, parent = hit[1]
+        base = next((m for m in self.models.values() if m.ref == parent and m.kind == "generate"), None)
+        if base is None or not self._serves_adapters(base):
+            return None
+        return AdapterView(base, name, ref)
+
+    def _serves_adapters(self, base: ServedModel) -> bool:
+        if base.engine is not None:
+            return base.engine.adapters is not None
+        # unloaded (keep_alive): its engine will serve adapters once loaded again (engine.Engine.load)
+        return self.max_adapters > 0 and (base.metadata.get("model_type") or "").lower() in ("llama", "mistral")
+
+    def adapter_cards(self) -> list[dict]:
+        """/v1/models entries for the registry's adapters whose base is served here (listed with `parent`)."""
+        from ember.store import registry
+
+        bases = {m.ref: m for m in self.models.values() if m.kind == "generate" and m.engine is not None
+                 and m.engine.adapters is not None}
+        if not bases:
+            return []
+        cards = []
+        for v in registry.list_versions(settings=self.settings):
+            if v.kind == "adapter" and v.parent in bases and "latest" in v.aliases:
+                cards.append({"id": v.name, "object": "model", "created": int(v.created_at.timestamp()),
+                              "owned_by": "ember", "root": v.ref, "parent": bases[v.parent].id,
+                              "max_model_len": bases[v.parent].context_length, "capabilities": ["completions", "chat"]})
+        return cards
+
     def get(self, name: str | None, kind: str) -> ServedModel:
         """The served model a request names (or the only one of `kind` when it names none)."""
         if not name:
-            of_kind = [m for m in self.models.values() if m.kind == kind]
-            if len(of_kind) == 1:
-                return of_kind[0]
-            raise InvalidRequest("the 'model' parameter is required", param="model")
-        served = self.models.get(name)
-        if served is None:
-            version = self._version_of(name)
-            served = next((m for m in self.models.values() if version and m.ref == version), None)
-            if served is None and version is not None and self.ready and self._derived(name):
-                self._load_in_background(name, version)
+            served = self.find(None, kind)
+            if served is None:
+                raise InvalidRequest("the 'model' parameter is required", param="model")
+            return served
+        served = self.find(name, kind)
         if served is None:
             raise NotFound(f"the model {name!r} does not exist or is not served here (see /v1/models)",
                            param="model", code="model_not_found")

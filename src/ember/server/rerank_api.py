@@ -51,8 +51,8 @@ class ScoreRequest(BaseModel):
     text_2: Text | Annotated[list[Text], Field(max_length=MAX_DOCUMENTS)]
 
 
-def _scorer(request: Request, name: str | None):
-    return served_encoder(request, name, lambda m: m.encoder.enc.can_score,
+async def _scorer(request: Request, name: str | None):
+    return await served_encoder(request, name, lambda m: m.encoder.enc.can_score,
                           "scoring needs an embedding model or a one-output cross-encoder "
                           "(`ember finetune classify` on rows with 'text', 'text_pair' and a numeric 'score')")
 
@@ -84,7 +84,7 @@ async def rerank(body: RerankRequest, request: Request):
         raise InvalidRequest("documents must not be empty", param="documents")
     if not body.query.strip():
         raise InvalidRequest("query must not be empty", param="query")
-    served = _scorer(request, body.model)
+    served = await _scorer(request, body.model)
     docs = [d if isinstance(d, str) else d.text for d in body.documents]
     scores, tokens = await _run(request, served, [body.query] * len(docs), docs)
     order = sorted(range(len(docs)), key=lambda i: -scores[i])[: body.top_n]
@@ -106,7 +106,7 @@ async def score(body: ScoreRequest, request: Request):
     if len(t1) != len(t2):
         raise InvalidRequest(f"text_1 has {len(t1)} texts and text_2 {len(t2)}: give one text_1, or as many as "
                              "text_2", param="text_2")
-    served = _scorer(request, body.model)
+    served = await _scorer(request, body.model)
     scores, tokens = await _run(request, served, t1, t2)
     return {"id": f"score-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": served.id,
             "data": [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)],

@@ -35,6 +35,7 @@ from ember.server.openai_api import (
     _state,
     _unless_disconnected,
 )
+from ember.server.residency import ensure_loaded
 from ember.server.structured_schemas import NoSilentDrops
 from ember.store import responses as stored
 
@@ -297,6 +298,7 @@ def _sse(ev: dict) -> str:
 # ----- routes -----
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request):
+    await ensure_loaded(request, body.model, "generate")  # one not in memory loads; the request waits
     served = _served(request, body.model, "generate")
     engine, st = served.engine, _state(request)
     items = []

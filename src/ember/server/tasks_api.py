@@ -17,8 +17,10 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ember.errors import InvalidRequest
+from ember.server import limits
 from ember.server.auth import require_scope
 from ember.server.errors import NotReady
+from ember.server.residency import ensure_loaded
 
 router = APIRouter(dependencies=[Depends(require_scope("inference"))])
 Inputs = StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=2048)]
@@ -30,35 +32,41 @@ class TaskRequest(BaseModel):
     input: Inputs
 
 
-def served_encoder(request: Request, name: str | None, fits, what: str):
+async def served_encoder(request: Request, name: str | None, fits, what: str):
     """The served encoder a request names (or the only one that `fits`), refused with a 400 naming the
-    model when it cannot do `what`."""
+    model when it cannot do `what`. One not in memory (keep_alive) loads first; the request waits."""
     st = request.app.state
+    if name is not None:
+        await ensure_loaded(request, name, "embed")
     if st.draining:
         raise NotReady("the server is shutting down")
     if not st.pool.ready:
         raise NotReady("models are still loading; see /ready")
     if name is None:
-        fit = [m for m in st.pool.all() if m.kind == "embed" and fits(m)]
+        fit = [m for m in st.pool.all() if m.kind == "embed" and m.loaded and fits(m)]
         if len(fit) != 1:
             raise InvalidRequest("the 'model' parameter is required", param="model")
+        limits.check_model(request, fit[0])
         return fit[0]
     try:
         served = st.pool.get(name, "embed")
     except InvalidRequest:  # a decoder
         raise InvalidRequest(f"the model {name!r} is a text generation model; {what}",
                              param="model", code="model_not_supported") from None
+    limits.check_model(request, served)
+    if not served.loaded:
+        raise NotReady(f"the model {served.id!r} is not loaded; retry")
     if not fits(served):
         raise InvalidRequest(f"the model {served.id!r} cannot do this: {what}", param="model",
                              code="model_not_supported")
     return served
 
 
-def _served(request: Request, name: str | None, task: str):
+async def _served(request: Request, name: str | None, task: str):
     how = "classify" if task == "text-classification" else "tag"
     what = (f"{'classification' if how == 'classify' else 'tagging'} needs a model made by "
             f"`ember finetune {how}`")
-    return served_encoder(request, name, lambda m: m.metadata.get("task") == task, what)
+    return await served_encoder(request, name, lambda m: m.metadata.get("task") == task, what)
 
 
 def _inputs(body: TaskRequest) -> list[str]:
@@ -82,7 +90,7 @@ def _tag(served, texts):
 
 @router.post("/v1/classify")
 async def classify(body: TaskRequest, request: Request):
-    served = _served(request, body.model, "text-classification")
+    served = await _served(request, body.model, "text-classification")
     texts = _inputs(body)
     async with served.admission.slot():
         ranked = await asyncio.get_running_loop().run_in_executor(None, _classify, served, texts)
@@ -94,7 +102,7 @@ async def classify(body: TaskRequest, request: Request):
 
 @router.post("/v1/tag")
 async def tag(body: TaskRequest, request: Request):
-    served = _served(request, body.model, "token-classification")
+    served = await _served(request, body.model, "token-classification")
     texts = _inputs(body)
     async with served.admission.slot():
         tagged = await asyncio.get_running_loop().run_in_executor(None, _tag, served, texts)

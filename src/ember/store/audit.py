@@ -4,9 +4,9 @@
     curl -H "Authorization: Bearer $ADMIN_KEY" 'localhost:8000/api/audit?action=key.'
 
 Actions: key.create/update/revoke, alias.move/promote/promote_refused, model.import, model.delete,
-eval.run, auth.failed. The actor is the API key id when a request did it (the server sets it with
-`acting_as`), else `cli:<OS user>` (or $EMBER_ACTOR). Rows are only ever inserted: nothing in Ember updates
-or deletes them.
+eval.run, auth.failed, model.load/load_failed/unload (a running server's /api/models). The actor is the API
+key id when a request did it (the server sets it with `acting_as`), else `cli:<OS user>` (or $EMBER_ACTOR).
+Rows are only ever inserted: nothing in Ember updates or deletes them.
 """
 
 import contextvars
