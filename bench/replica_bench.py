@@ -3,13 +3,14 @@ replica, each replica pinned to its own core with `taskset` and run at one threa
 throughput of both and the ratio (docs/deploy.md quotes a run and its machine).
 
     .venv/bin/python bench/replica_bench.py                                   # smollm2, 30 s per phase
-    .venv/bin/python bench/replica_bench.py --model tiny --seconds 20 --cores 0,1 --streams 32
+    .venv/bin/python bench/replica_bench.py --model my-model@production --seconds 20 --cores 2,3 --streams 32
 
 Method: both phases go through the same nginx (one upstream, then two), so the balancer's cost is in both.
 Replica i runs under `taskset -c CORE_i` with `--threads 1` (one OpenMP thread, one core): on a 2-core machine
 that is the only way for two replicas to each own a core. Every request asks for exactly --max-tokens tokens
-(ignore_eos) without streaming, so the client (one asyncio process, unpinned, sharing the same cores) does as
-little work per token as possible; throughput = completion tokens finished in the measured window / window.
+(ignore_eos), streamed; throughput = tokens that arrived in the measured window / window (counted as they
+arrive, so a window shorter than a request is still exact). The client is one asyncio process, unpinned,
+sharing the same cores.
 The replicas share one EMBER_HOME (SQLite in WAL mode), which is enough on one machine; give
 --database-url postgresql+psycopg://... to measure them on PostgreSQL instead.
 """
@@ -116,7 +117,9 @@ def start_nginx(ports: list[int], work: Path) -> tuple[subprocess.Popen, str]:
 
 
 async def load(url: str, model: str, streams: int, seconds: float, warmup: float, max_tokens: int) -> float:
-    """`streams` loops each sending one request after another; tokens/s of those finished in the window."""
+    """`streams` loops each streaming one request after another; output tokens/s that arrived in the window
+    (a streamed chunk is one token, as Ember sends them; counting as they arrive, not when requests finish, keeps a window that is
+    short next to one request's duration exact)."""
     t_start = time.monotonic()
     t0, t1 = t_start + warmup, t_start + warmup + seconds
     tokens = 0
@@ -124,13 +127,13 @@ async def load(url: str, model: str, streams: int, seconds: float, warmup: float
     async def loop(client):
         nonlocal tokens
         while time.monotonic() < t1:
-            body = {"model": model, "prompt": f"{next(_ids)}. Tell me a story about the sea.",
+            body = {"model": model, "prompt": f"{next(_ids)}. Tell me a story about the sea.", "stream": True,
                     "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}
-            r = await client.post(url + "/v1/completions", json=body)
-            r.raise_for_status()
-            done = time.monotonic()
-            if t0 <= done <= t1:
-                tokens += r.json()["usage"]["completion_tokens"]
+            async with client.stream("POST", url + "/v1/completions", json=body) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {") and t0 <= time.monotonic() <= t1:
+                        tokens += 1
 
     limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
@@ -159,7 +162,7 @@ def main() -> None:
     ap.add_argument("--cores", default="0,1", help="Two CPU cores: replica 1 on the first, replica 2 on the second.")
     ap.add_argument("--streams", type=int, default=32, help="Concurrent request loops per replica.")
     ap.add_argument("--seconds", type=float, default=30.0, help="Measured window per phase.")
-    ap.add_argument("--warmup", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=10.0)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--home", help="EMBER_HOME holding the model (default: EMBER_HOME or ~/.ember).")
     ap.add_argument("--database-url", help="Shared database (default: the home's SQLite file).")
