@@ -118,8 +118,8 @@ def start_nginx(ports: list[int], work: Path) -> tuple[subprocess.Popen, str]:
 
 async def load(url: str, model: str, streams: int, seconds: float, warmup: float, max_tokens: int) -> float:
     """`streams` loops each streaming one request after another; output tokens/s that arrived in the window
-    (a streamed chunk is one token, as Ember sends them; counting as they arrive, not when requests finish, keeps a window that is
-    short next to one request's duration exact)."""
+    (a streamed chunk is one token, as Ember sends them; counting them as they arrive, not when requests
+    finish, keeps a window that is short next to one request's duration exact)."""
     t_start = time.monotonic()
     t0, t1 = t_start + warmup, t_start + warmup + seconds
     tokens = 0
