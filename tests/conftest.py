@@ -265,9 +265,9 @@ class Served:
 def _start(home: Path, args, log_dir: Path, env=None) -> Served:
     port = free_port()
     log_path = log_dir / f"serve-{port}.log"
-    full_env = {**os.environ, "EMBER_HOME": str(home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                **(env or {})}
-    full_env.pop("EMBER_DATABASE_URL", None)
+    full_env = {**os.environ, "EMBER_HOME": str(home), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    full_env.pop("EMBER_DATABASE_URL", None)  # the home's own database, unless `env` names one
+    full_env.update(env or {})
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([EMBER_BIN, "serve", "--port", str(port), *map(str, args)], env=full_env,
                                 stdout=log, stderr=subprocess.STDOUT)

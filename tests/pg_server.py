@@ -115,8 +115,9 @@ def start() -> PgServer | None:
     bin_dir = find_bin_dir()
     if bin_dir is None:
         return None
-    root = Path(tempfile.mkdtemp(prefix="ember-pg-"))  # directly under /tmp: `nobody` can reach it
     owner = _as_owner()
+    # As root: directly under /tmp, which `nobody` can reach (TMPDIR may be a root-only folder).
+    root = Path(tempfile.mkdtemp(prefix="ember-pg-", dir="/tmp" if owner else None))
     if owner:
         os.chown(root, owner["user"], owner["group"])
     data, port = root / "data", _free_port()

@@ -1,4 +1,5 @@
-"""The shared blob store in an S3-compatible bucket, against a real S3 API server (moto's, on 127.0.0.1).
+"""The shared blob store in an S3-compatible bucket, against a real S3 API server (moto's, on 127.0.0.1), and in
+a shared folder (file://).
 
     .venv/bin/python -m pytest tests/store/test_s3_blobs.py -q
 
@@ -85,4 +86,26 @@ def test_a_corrupted_object_is_refused_with_a_clear_error(s3_endpoint, tmp_path,
     env = {"EMBER_HOME": str(a.home), "EMBER_DATABASE_URL": a.database_url, "EMBER_BLOB_URL": a.blob_url}
     r = run_cli("models", "verify", "tiny", env=env)
     assert r.returncode == 4 and f"s3://{BUCKET}/corrupt" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    db.dispose_all()
+
+
+def test_an_unknown_blob_url_is_a_clear_error(tmp_path, tiny_model_dir):
+    from ember.errors import InvalidRequest
+
+    s = Settings(home=tmp_path / "h", blob_url="ftp://host/blobs")
+    with pytest.raises(InvalidRequest, match="use s3://BUCKET/PREFIX or file:///FOLDER"):
+        registry.register_folder(tiny_model_dir, "tiny", settings=s)
+    assert registry.list_versions(settings=s) == []  # nothing half-registered
+    db.dispose_all()
+
+
+def test_a_shared_folder_store(tmp_path, tiny_model_dir):
+    """EMBER_BLOB_URL=file:///mount: the same cache rules over a folder every replica mounts."""
+    shared = tmp_path / "mount"
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    a, b = (Settings(home=tmp_path / n, database_url=url, blob_url=f"file://{shared}") for n in "ab")
+    info = registry.register_folder(tiny_model_dir, "tiny", settings=a)
+    assert {p.name for p in shared.iterdir()} == {f"sha256-{d}" for d in info.files.values()}
+    folder = registry.materialize("tiny", b)
+    assert (folder / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
     db.dispose_all()

@@ -182,6 +182,8 @@ class Worker:
         else:
             env = {**os.environ, "EMBER_HOME": str(self.settings.home),
                    "EMBER_DATABASE_URL": self.settings.database_url, "EMBER_JOB_WORKER": self.id}
+            if self.settings.blob_url:  # the child stores its model where the server reads blobs
+                env["EMBER_BLOB_URL"] = self.settings.blob_url
             with open(folder / "log.txt", "ab") as logf:
                 module = CHILD_MODULE.get(job["kind"], "ember.jobs.run")
                 proc = subprocess.Popen([sys.executable, "-m", module, job["id"]], cwd=folder, env=env,

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 from ember.engine.sampling import SamplingParams
 from ember.engine.structured import Constraint
 from ember.errors import EmberError, InvalidRequest
-from ember.server import tools
+from ember.server import limits, tools
 from ember.server.auth import require_scope
 from ember.server.errors import error_body
 from ember.server.generation import Run
@@ -318,6 +318,7 @@ async def create_response(body: ResponsesRequest, request: Request):
     record = request.state.log
     run = Run(served, [ids], params, st.metrics, record, request_id=request.state.request_id)
     try:
+        run.ticket = await limits.admit(request, served)  # the key's rpm/tpm/parallel/budget, as on /v1/chat
         if not await _unless_disconnected(request, run.admit()):
             return _client_gone(run)
         if not body.stream:
