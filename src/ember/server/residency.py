@@ -272,6 +272,9 @@ async def ensure_loaded(request, name: str | None, kind: str | None = None) -> N
         base = _base(served)
         base.last_used = time.monotonic()
         if base.loaded:
+            if served is not base and base.engine is not None and base.engine.adapters is not None:
+                limits.check_model(request, served)
+                await asyncio.to_thread(base.engine.adapters.warm, served.adapter)  # files read off the loop
             return
         limits.check_model(request, served)
     else:
