@@ -268,6 +268,8 @@ async def ensure_loaded(request, name: str | None, kind: str | None = None) -> N
     if st.draining or not pool.ready:
         return
     served = pool.find(name, kind)
+    if served is not None and kind is not None and served.kind != kind:
+        return  # the route refuses it (400) without loading it
     if served is not None:
         base = _base(served)
         base.last_used = time.monotonic()
