@@ -179,7 +179,7 @@ class Engine:
         if adapter:
             if self.adapters is None:
                 raise InvalidRequest("this engine serves no LoRA adapters (start it with max_adapters > 0)")
-            req.adapter = self.adapters.acquire(adapter)
+            req.adapter, req.adapter_ref = self.adapters.acquire(adapter), adapter
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.eos_ids))
         for i in range(params.n):
             gen = None if params.greedy else seeded_generator(params.seed, i)

@@ -149,6 +149,11 @@ class AdapterCache:
             self.users[slot] = 1
             return slot
 
+    def warm(self, ref: str) -> None:
+        """Loads the adapter if it is not resident (blocking: the server calls it from a worker thread, so a
+        cache miss reads files off the event loop); add_request then finds it."""
+        self.release(self.acquire(ref))
+
     def release(self, slot: int) -> None:
         with self.lock:
             self.users[slot] = max(self.users.get(slot, 0) - 1, 0)

@@ -17,7 +17,8 @@ state is named (`SeqState`): waiting -> prefilling -> decoding -> finished; a sc
 Prefix reuse: a freed slot keeps its keys and values until a new owner overwrites them, and the
 scheduler remembers which tokens they belong to. A new prompt takes the free slot that already holds its
 longest prefix (at least MIN_REUSE tokens) and computes only the rest (only between requests with
-the same `SamplingParams.cache_salt`: the server gives each API key its own): the next turn of a chat, or
+the same `SamplingParams.cache_salt` and LoRA adapter: the server gives each API key its own salt, and an
+adapter's keys and values differ from its base's): the next turn of a chat, or
 another request with the same system prompt, skips the part already computed (reported as
 `cached_tokens`, like OpenAI's `prompt_tokens_details.cached_tokens`). A sequence that wants its prompt's
 logprobs takes no held prefix: every position's logits must be computed.
@@ -135,6 +136,7 @@ class Request:
     seqs: list[Sequence] = field(default_factory=list)
     arrival: float = field(default_factory=time.monotonic)
     adapter: int = -1  # LoRA adapter slot of the base engine (engine/model_set.AdapterCache), -1: none
+    adapter_ref: str | None = None  # that adapter's reference: part of the prefix-reuse key (slots get reused)
 
     @property
     def finished(self) -> bool:
@@ -164,7 +166,7 @@ class Scheduler:
         self.max_slots, self.step_tokens = max_slots, step_tokens
         self.free = list(range(max_slots))  # a heap: the lowest free slot first keeps the decode range dense
         self.held: list[list[int]] = [[] for _ in range(max_slots)]  # tokens whose K/V a free slot still holds
-        self.held_salt: list[str | None] = [None] * max_slots  # whose they are: reused only with an equal salt
+        self.held_salt: list[tuple | None] = [None] * max_slots  # whose they are: (salt, adapter), reused if equal
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._ids = itertools.count()
@@ -230,7 +232,7 @@ class Scheduler:
         prompt = s.prompt_ids
         for slot in self.free if s.prompt_logprobs is None else ():
             held = self.held[slot]
-            if len(held) <= best_n or held[0] != prompt[0] or self.held_salt[slot] != s.params.cache_salt:
+            if len(held) <= best_n or held[0] != prompt[0] or self.held_salt[slot] != _reuse_key(s):
                 continue
             n = _common_prefix(held, prompt)
             if n > best_n or (n == best_n and slot < best):
@@ -251,7 +253,7 @@ class Scheduler:
         if seq.slot >= 0:
             # Positions [0, n_cached) hold the K/V of these tokens (the last sampled token was never fed).
             self.held[seq.slot] = (seq.prompt_ids + seq.output_ids)[: seq.n_cached]
-            self.held_salt[seq.slot] = seq.params.cache_salt
+            self.held_salt[seq.slot] = _reuse_key(seq)
             heapq.heappush(self.free, seq.slot)
             seq.slot = -1
             self.running.remove(seq)
@@ -261,6 +263,11 @@ class Scheduler:
     @property
     def used_slots(self) -> int:
         return self.max_slots - len(self.free)
+
+
+def _reuse_key(s: Sequence) -> tuple:
+    """Keys and values are shared only between sequences with the same salt and the same LoRA adapter."""
+    return s.params.cache_salt, s.request.adapter_ref
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

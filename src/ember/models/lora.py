@@ -98,11 +98,13 @@ class LoraSlots:
 
     def __init__(self):
         self.slots: list[Adapter | None] = []
-        self._key: tuple = ()  # the active adapter slots the concatenated A/B in _cat belong to
+        self._key: tuple | None = ()  # the active adapter slots the concatenated A/B in _cat belong to
         self._cat: dict = {}
 
     def put(self, ad: Adapter, slot: int | None = None) -> int:
-        self._key, self._cat = (), {}  # a slot's adapter changes: rebuild the concatenations
+        # Called from a request's thread while the engine thread may be inside a step: the step keeps its own
+        # (active, concatenations) pair, so only the next step sees the change (a rebuild).
+        self._key = None
         if slot is None:
             slot = len(self.slots)
             self.slots.append(ad)
@@ -121,16 +123,15 @@ class LoraSlots:
             return None
         if active != self._key:
             self._key, self._cat = active, {}
-        cols = []
-        for s in active:
-            cols.append((rows == s).unsqueeze(1).expand(-1, self.slots[s].rank))
-        return self, torch.cat(cols, 1).float()
+        ads = [self.slots[s] for s in active]
+        cols = [(rows == s).unsqueeze(1).expand(-1, ad.rank) for s, ad in zip(active, ads)]
+        return ads, self._cat, torch.cat(cols, 1).float()
 
-    def _parts(self, layer: int, proj: str, width: int):
-        """(lo, hi, A_cat [in, R], B_cat [R, hi - lo]) over the active adapters, cached until the set changes."""
+    @staticmethod
+    def _parts(layer: int, proj: str, width: int, ads: list, cat: dict):
+        """(lo, hi, A_cat [in, R], B_cat [R, hi - lo]) over the step's adapters, cached until the set changes."""
         key = (layer, proj)
-        if key not in self._cat:
-            ads = [self.slots[s] for s in self._key]
+        if key not in cat:
             ranges = sorted({(lo, hi) for ad in ads for lo, hi, _, _ in ad.deltas.get(key, [])})
             parts = []
             for lo, hi in ranges:
@@ -140,13 +141,13 @@ class LoraSlots:
                     As.append(found[0] if found else torch.zeros(width, ad.rank))
                     Bs.append(found[1] if found else torch.zeros(ad.rank, hi - lo))
                 parts.append((lo, hi, torch.cat(As, 1).contiguous(), torch.cat(Bs, 0).contiguous()))
-            self._cat[key] = parts
-        return self._cat[key]
+            cat[key] = parts
+        return cat[key]
 
     @staticmethod
     def add(layer: int, proj: str, x: torch.Tensor, y: torch.Tensor, step) -> torch.Tensor:
         """Adds each row's adapter update into y (a fresh projection output, changed in place)."""
-        slots, mask = step
-        for lo, hi, a, b in slots._parts(layer, proj, x.shape[1]):
+        ads, cat, mask = step
+        for lo, hi, a, b in LoraSlots._parts(layer, proj, x.shape[1], ads, cat):
             y[:, lo:hi] += ((x @ a) * mask) @ b
         return y

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 
 def model_card(m) -> dict:
+    base = getattr(m, "base", None)  # a LoRA adapter served by its base (pool.AdapterView)
     return {"id": m.id, "object": "model", "created": m.created, "owned_by": "ember", "root": m.ref,
-            "parent": None, "max_model_len": m.context_length if m.loaded else None,
+            "parent": base.id if base is not None else None, "max_model_len": m.context_length if m.loaded else None,
             "capabilities": ["completions", "chat"] if m.kind == "generate" else ["embeddings"]}
 
 

@@ -268,10 +268,15 @@ async def ensure_loaded(request, name: str | None, kind: str | None = None) -> N
     if st.draining or not pool.ready:
         return
     served = pool.find(name, kind)
+    if served is not None and kind is not None and served.kind != kind:
+        return  # the route refuses it (400) without loading it
     if served is not None:
         base = _base(served)
         base.last_used = time.monotonic()
         if base.loaded:
+            if served is not base and base.engine is not None and base.engine.adapters is not None:
+                limits.check_model(request, served)
+                await asyncio.to_thread(base.engine.adapters.warm, served.adapter)  # files read off the loop
             return
         limits.check_model(request, served)
     else:
