@@ -4,7 +4,8 @@ minute (rpm/tpm). Kept in the database so every server replica sharing it sees t
     curl -H "Authorization: Bearer $ADMIN_KEY" 'localhost:8000/api/usage?key_id=key_0123'
     curl -H "Authorization: Bearer $KEY" localhost:8000/v1/usage
 
-The server (server/limits.py) calls `start_request` when it admits a request and `add_tokens` as tokens are
+The server (server/limits.py) calls `take_request` (a key with rpm/tpm: check and count in one transaction)
+or `start_request` when it admits a request and `add_tokens` as tokens are
 produced (streamed ones in small batches). Writes are single-row upserts in one short transaction.
 """
 
