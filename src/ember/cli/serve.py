@@ -83,20 +83,21 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
                                          help="Memory budget for loaded models (e.g. 4GB): loading beyond it "
                                               "unloads the least recently used idle model, else is refused.")):
     """Serve models over an OpenAI-compatible HTTP API (completions, chat, embeddings, streaming)."""
-    from ember.config import get_settings
+    from ember.engine.backends import BACKENDS, check_available
     from ember.errors import InvalidRequest
+
+    if backend not in BACKENDS:
+        raise InvalidRequest(f"--backend must be ember or vllm, not {backend!r}", param="backend")
+    if backend == "vllm":
+        check_available()  # before anything loads (torch, the app): one clear line and exit 5 without vllm or a GPU
+
+    from ember.config import get_settings
     from ember.server.app import ServeConfig, serve as run
     from ember.server.limits import RequestLimits
     from ember.server.residency import parse_duration, parse_size
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise InvalidRequest("give both --ssl-certfile and --ssl-keyfile")
-    if backend not in ("ember", "vllm"):
-        raise InvalidRequest(f"--backend must be ember or vllm, not {backend!r}", param="backend")
-    if backend == "vllm":
-        from ember.engine.vllm_backend import check_available
-
-        check_available()  # before anything starts: one clear line and a non-zero exit without vllm or a GPU
 
     def split(v):
         return [x.strip() for x in v.split(",") if x.strip()] if v else []

@@ -27,35 +27,15 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from ember.engine import structured
+from ember.engine.backends import check_available  # noqa: F401 - VllmEngine.load's check, also the CLI's
 from ember.engine.engine import Engine
 from ember.engine.sampling import SamplingParams
 from ember.engine.scheduler import Delta, Usage
 from ember.errors import InvalidRequest, Overloaded, Unsupported
 
-BACKENDS = ("ember", "vllm")
 # Ember's constraint kinds -> the keys of vLLM's StructuredOutputsParams (GuidedDecodingParams before 0.11).
 _STRUCTURED = {"json_schema": "json", "json_object": "json_object", "regex": "regex", "choice": "choice",
                "grammar": "grammar"}
-
-
-def check_available() -> None:
-    """Raises Unsupported (one line, exit code 5 in the CLI) unless vllm imports and sees a CUDA GPU."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError as e:
-        raise Unsupported(f"--backend vllm needs the vllm package ({e}); install it with `pip install vllm` on "
-                          "a machine with a CUDA GPU, or use the default --backend ember") from None
-    try:
-        from vllm.platforms import current_platform
-
-        gpu = bool(current_platform.is_cuda_alike())
-    except Exception:  # noqa: BLE001 - an older vllm without platforms: ask torch
-        import torch
-
-        gpu = torch.cuda.is_available()
-    if not gpu:
-        raise Unsupported("--backend vllm needs a CUDA GPU and none is visible (CUDA_VISIBLE_DEVICES, driver); "
-                          "use the default --backend ember on this machine")
 
 
 # ----- SamplingParams, both ways -----
