@@ -83,6 +83,11 @@ def test_keys_limits_and_usage_counters(db_url, ember_home):
     [row] = usage.report(key_id=info.id)
     assert (row["requests"], row["prompt_tokens"]) == (40, 3 * 2**31)
     assert [e["action"] for e in audit.entries(action="key.")] == ["key.revoke", "key.update", "key.create"]
+    # rpm across replicas: 20 requests at once against rpm=7 admit exactly 7; refused ones are not counted.
+    got = _threads(4, lambda i: [usage.take_request("key_r", "m", 7, None, now=2_000_000_000.0)[0]
+                                 for _ in range(5)])
+    assert sorted(r or "ok" for rs in got for r in rs) == ["ok"] * 7 + ["rpm"] * 13
+    assert usage.window("key_r", now=2_000_000_000.0) == (7, 0)
 
 
 def test_evaluation_runs_and_a_gated_promotion(db_url, ember_home, tiny_model_dir):

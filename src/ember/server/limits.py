@@ -201,16 +201,15 @@ def _admit_sync(key, model: str, settings) -> dict[str, str]:
     if key is None or not (key.rpm or key.tpm):
         usage.start_request(key_id, model, settings, now)
         return {}
-    reqs, toks = usage.window(key.id, settings, now)
-    headers = _headers(key, reqs, toks, now)
+    # Checked and counted in one statement: two replicas cannot both take the minute's last request.
+    refused, reqs, toks = usage.take_request(key.id, model, key.rpm, key.tpm, settings, now)
     wait = 60 - int(now) % 60
-    if key.rpm and reqs >= key.rpm:
+    if refused == "rpm":
         raise _limited(f"rate limit: {key.rpm} requests per minute for this API key; retry in {wait}s", wait,
-                       headers)
-    if key.tpm and toks >= key.tpm:
+                       _headers(key, reqs, toks, now))
+    if refused == "tpm":
         raise _limited(f"rate limit: {key.tpm} tokens per minute for this API key; retry in {wait}s", wait,
-                       headers)
-    usage.start_request(key.id, model, settings, now)
+                       _headers(key, reqs, toks, now))
     return _headers(key, reqs + 1, toks, now)
 
 

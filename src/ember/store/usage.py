@@ -40,6 +40,31 @@ def window(key_id: str, settings: Settings | None = None, now: float | None = No
         return (row.requests, row.tokens) if row else (0, 0)
 
 
+class _Refused(Exception):
+    pass
+
+
+def take_request(key_id: str, model: str, rpm: int | None, tpm: int | None, settings: Settings | None = None,
+                 now: float | None = None) -> tuple[str | None, int, int]:
+    """Count one request of `key_id` unless its minute is full: -> (None or "rpm"/"tpm", requests before this
+    one, tokens this minute). The count and the check are one upsert's result, so replicas sharing the
+    database admit at most `rpm` requests per minute between them; a refused request is not counted."""
+    m = _minute(now)
+    try:
+        with db.session(settings) as s:
+            reqs, toks = db.upsert_add(s, db.RateWindow, {"key_id": key_id, "minute": m}, requests=1, tokens=0)
+            refused = "rpm" if rpm and reqs > rpm else "tpm" if tpm and toks >= tpm else None
+            if refused:
+                raise _Refused(refused, reqs - 1, toks)  # rolls the count back
+            _bump(s, db.UsageDaily, {"key_id": key_id, "model": model, "day": _day(now)}, requests=1,
+                  prompt_tokens=0, completion_tokens=0)
+            if m % 5 == 0:
+                s.execute(db.RateWindow.__table__.delete().where(db.RateWindow.minute < m - _KEEP_MINUTES))
+            return None, reqs - 1, toks
+    except _Refused as e:
+        return e.args
+
+
 def start_request(key_id: str, model: str, settings: Settings | None = None, now: float | None = None) -> None:
     with db.session(settings) as s:
         m = _minute(now)
