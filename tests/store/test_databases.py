@@ -162,7 +162,9 @@ def test_two_processes_migrate_one_empty_postgresql_database_once(pg_server, tmp
     url = pg_server.new_database(migrated=False)
     code = "from ember.store import db, keys; db.connect(); print(keys.any_exist())"
     env = {**os.environ, "EMBER_DATABASE_URL": url}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "EMBER_HOME": str(tmp_path / f"h{i}")},
+    plain = url.replace("postgresql+psycopg://", "postgresql://")  # the libpq-style URL works too
+    procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "EMBER_HOME": str(tmp_path / f"h{i}"),
+                                                                 **({"EMBER_DATABASE_URL": plain} if i else {})},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

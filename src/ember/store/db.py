@@ -208,6 +208,9 @@ def _pg_json(obj) -> str:
 
 
 def _make_engine(url: str):
+    for plain in ("postgresql://", "postgres://"):  # libpq-style URLs mean psycopg 3 here (not psycopg2)
+        if url.startswith(plain):
+            url = "postgresql+psycopg://" + url[len(plain):]
     if url.startswith("postgresql"):
         # Timestamps come back in UTC whatever the server's TimeZone, as they do from SQLite.
         return create_engine(url, pool_pre_ping=True, json_serializer=_pg_json,
