@@ -83,6 +83,11 @@ def test_keys_limits_and_usage_counters(db_url, ember_home):
     [row] = usage.report(key_id=info.id)
     assert (row["requests"], row["prompt_tokens"]) == (40, 3 * 2**31)
     assert [e["action"] for e in audit.entries(action="key.")] == ["key.revoke", "key.update", "key.create"]
+    # rpm across replicas: 20 requests at once against rpm=7 admit exactly 7; refused ones are not counted.
+    got = _threads(4, lambda i: [usage.take_request("key_r", "m", 7, None, now=2_000_000_000.0)[0]
+                                 for _ in range(5)])
+    assert sorted(r or "ok" for rs in got for r in rs) == ["ok"] * 7 + ["rpm"] * 13
+    assert usage.window("key_r", now=2_000_000_000.0) == (7, 0)
 
 
 def test_evaluation_runs_and_a_gated_promotion(db_url, ember_home, tiny_model_dir):
@@ -157,7 +162,9 @@ def test_two_processes_migrate_one_empty_postgresql_database_once(pg_server, tmp
     url = pg_server.new_database(migrated=False)
     code = "from ember.store import db, keys; db.connect(); print(keys.any_exist())"
     env = {**os.environ, "EMBER_DATABASE_URL": url}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "EMBER_HOME": str(tmp_path / f"h{i}")},
+    plain = url.replace("postgresql+psycopg://", "postgresql://")  # the libpq-style URL works too
+    procs = [subprocess.Popen([sys.executable, "-c", code], env={**env, "EMBER_HOME": str(tmp_path / f"h{i}"),
+                                                                 **({"EMBER_DATABASE_URL": plain} if i else {})},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

@@ -201,16 +201,15 @@ def _admit_sync(key, model: str, settings) -> dict[str, str]:
     if key is None or not (key.rpm or key.tpm):
         usage.start_request(key_id, model, settings, now)
         return {}
-    # Checked and counted in one transaction: replicas sharing the database never admit more than rpm together.
-    reqs, toks, admitted = usage.take_request(key.id, model, key.rpm, key.tpm, settings, now)
-    headers = _headers(key, reqs, toks, now)
+    # Checked and counted in one statement: two replicas cannot both take the minute's last request.
+    refused, reqs, toks = usage.take_request(key.id, model, key.rpm, key.tpm, settings, now)
     wait = 60 - int(now) % 60
-    if not admitted and key.rpm and reqs >= key.rpm:
+    if refused == "rpm":
         raise _limited(f"rate limit: {key.rpm} requests per minute for this API key; retry in {wait}s", wait,
-                       headers)
-    if not admitted:
+                       _headers(key, reqs, toks, now))
+    if refused == "tpm":
         raise _limited(f"rate limit: {key.tpm} tokens per minute for this API key; retry in {wait}s", wait,
-                       headers)
+                       _headers(key, reqs, toks, now))
     return _headers(key, reqs + 1, toks, now)
 
 

@@ -208,6 +208,9 @@ def _pg_json(obj) -> str:
 
 
 def _make_engine(url: str):
+    for plain in ("postgresql://", "postgres://"):  # libpq-style URLs mean psycopg 3 here (not psycopg2)
+        if url.startswith(plain):
+            url = "postgresql+psycopg://" + url[len(plain):]
     if url.startswith("postgresql"):
         # Timestamps come back in UTC whatever the server's TimeZone, as they do from SQLite.
         return create_engine(url, pool_pre_ping=True, json_serializer=_pg_json,
@@ -317,12 +320,14 @@ def insert_ignore(s, model, **values) -> None:
     s.execute(_dialect_insert(s, model).values(**values).on_conflict_do_nothing())
 
 
-def upsert_add(s, model, keys: dict, **inc) -> None:
+def upsert_add(s, model, keys: dict, **inc):
     """Add `inc` to a counter row, creating it at `inc` if missing: one atomic statement, no lost first insert
-    when two replicas count the same key at once."""
+    when two replicas count the same key at once. Returns the row's counters after the addition (RETURNING:
+    PostgreSQL, SQLite >= 3.35), in the order of `inc`."""
     ins = _dialect_insert(s, model).values(**keys, **inc)
-    s.execute(ins.on_conflict_do_update(index_elements=list(keys),
-                                        set_={k: getattr(model, k) + ins.excluded[k] for k in inc}))
+    q = ins.on_conflict_do_update(index_elements=list(keys),
+                                  set_={k: getattr(model, k) + ins.excluded[k] for k in inc})
+    return s.execute(q.returning(*(getattr(model, k) for k in inc))).one()
 
 
 def lock_row(s, model, *where):

@@ -4,8 +4,7 @@ minute (rpm/tpm). Kept in the database so every server replica sharing it sees t
     curl -H "Authorization: Bearer $ADMIN_KEY" 'localhost:8000/api/usage?key_id=key_0123'
     curl -H "Authorization: Bearer $KEY" localhost:8000/v1/usage
 
-The server (server/limits.py) calls `take_request` (a key with rpm/tpm: check and count in one transaction)
-or `start_request` when it admits a request and `add_tokens` as tokens are
+The server (server/limits.py) calls `start_request` when it admits a request and `add_tokens` as tokens are
 produced (streamed ones in small batches). Writes are single-row upserts in one short transaction.
 """
 
@@ -41,6 +40,31 @@ def window(key_id: str, settings: Settings | None = None, now: float | None = No
         return (row.requests, row.tokens) if row else (0, 0)
 
 
+class _Refused(Exception):
+    pass
+
+
+def take_request(key_id: str, model: str, rpm: int | None, tpm: int | None, settings: Settings | None = None,
+                 now: float | None = None) -> tuple[str | None, int, int]:
+    """Count one request of `key_id` unless its minute is full: -> (None or "rpm"/"tpm", requests before this
+    one, tokens this minute). The count and the check are one upsert's result, so replicas sharing the
+    database admit at most `rpm` requests per minute between them; a refused request is not counted."""
+    m = _minute(now)
+    try:
+        with db.session(settings) as s:
+            reqs, toks = db.upsert_add(s, db.RateWindow, {"key_id": key_id, "minute": m}, requests=1, tokens=0)
+            refused = "rpm" if rpm and reqs > rpm else "tpm" if tpm and toks >= tpm else None
+            if refused:
+                raise _Refused(refused, reqs - 1, toks)  # rolls the count back
+            _bump(s, db.UsageDaily, {"key_id": key_id, "model": model, "day": _day(now)}, requests=1,
+                  prompt_tokens=0, completion_tokens=0)
+            if m % 5 == 0:
+                s.execute(db.RateWindow.__table__.delete().where(db.RateWindow.minute < m - _KEEP_MINUTES))
+            return None, reqs - 1, toks
+    except _Refused as e:
+        return e.args
+
+
 def start_request(key_id: str, model: str, settings: Settings | None = None, now: float | None = None) -> None:
     with db.session(settings) as s:
         m = _minute(now)
@@ -49,34 +73,6 @@ def start_request(key_id: str, model: str, settings: Settings | None = None, now
               prompt_tokens=0, completion_tokens=0)
         if m % 5 == 0:
             s.execute(db.RateWindow.__table__.delete().where(db.RateWindow.minute < m - _KEEP_MINUTES))
-
-
-class _OverLimit(Exception):
-    pass
-
-
-def take_request(key_id: str, model: str, rpm: int | None, tpm: int | None, settings: Settings | None = None,
-                 now: float | None = None) -> tuple[int, int, bool]:
-    """Counts one request of `key_id` unless its minute already holds `rpm` requests or `tpm` tokens; returns
-    (requests before it, tokens, admitted). Count and check are one transaction that holds the minute's row
-    (the upsert's row lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so replicas admitting the same key at
-    the same moment queue on it and never admit more than rpm between them; a refused request is not counted."""
-    m = _minute(now)
-    seen = (0, 0)
-    try:
-        with db.session(settings) as s:
-            _bump(s, db.RateWindow, {"key_id": key_id, "minute": m}, requests=1, tokens=0)
-            row = s.get(db.RateWindow, (key_id, m), populate_existing=True)
-            seen = (row.requests - 1, row.tokens)
-            if (rpm and seen[0] >= rpm) or (tpm and seen[1] >= tpm):
-                raise _OverLimit  # rolls the count back
-            _bump(s, db.UsageDaily, {"key_id": key_id, "model": model, "day": _day(now)}, requests=1,
-                  prompt_tokens=0, completion_tokens=0)
-            if m % 5 == 0:
-                s.execute(db.RateWindow.__table__.delete().where(db.RateWindow.minute < m - _KEEP_MINUTES))
-    except _OverLimit:
-        return seen[0], seen[1], False
-    return seen[0], seen[1], True
 
 
 def add_tokens(key_id: str, model: str, prompt: int, completion: int, settings: Settings | None = None,
