@@ -54,7 +54,7 @@ def server(start_server, follow_home):
     from ember.store import keys
 
     key = keys.create("ops", "admin", Settings(home=follow_home))[1]  # /api/models/loaded is admin only
-    server = start_server(follow_home, "--model", "m@production", "--max-slots", 12, "--max-seq-len", 512,
+    server = start_server(follow_home, "--model", "m@production", "--max-slots", 12, "--max-seq-len", 128,
                           "--follow-interval", 0.5)
     server.key = key
     server.headers = {"Authorization": f"Bearer {server.key}"}

@@ -40,8 +40,12 @@ def keys_(home):
     return secret, keys.create("app", "inference", Settings(home=home))[1], admin.id
 
 
-def _start(start_server, home, keys_, *args):
-    server = start_server(home, *args)
+@pytest.fixture(scope="module")
+def server(start_server, home, keys_):
+    """One server for both tests (a server start costs more than the checks): every model unloads after 2 s
+    idle, and the memory budget holds one tiny model but not two."""
+    server = start_server(home, "--model", "a", "--keep-alive", "2s", "--max-memory", "8MB", "--follow-interval",
+                          0.5, "--max-slots", 2, "--max-seq-len", 64)
     server.headers = {"Authorization": f"Bearer {keys_[0]}"}
     return server
 
@@ -56,9 +60,7 @@ def _complete(server, model: str) -> httpx.Response:
                       timeout=120, headers=server.headers)
 
 
-def test_keep_alive_unloads_and_reloads(start_server, home, keys_):
-    server = _start(start_server, home, keys_, "--model", "a", "--keep-alive", "2s", "--follow-interval", 0.5,
-                    "--max-slots", 2, "--max-seq-len", 64)
+def test_keep_alive_unloads_and_reloads(server):
     assert _complete(server, "a").status_code == 200
     _wait_for(lambda: not _entry(server, "a")["loaded"], "the idle model unloaded", 30)
     assert "idle for 2s (keep_alive): a" in server.log()
@@ -71,10 +73,10 @@ def test_keep_alive_unloads_and_reloads(start_server, home, keys_):
     assert server.metric("ember:model_unloads_total", model_name="a") >= 1
 
 
-def test_cli_load_unload_and_memory_budget(start_server, home, keys_, run_cli):
-    server = _start(start_server, home, keys_, "--model", "a", "--max-memory", "8MB", "--max-slots", 2,
-                    "--max-seq-len", 64)
+def test_cli_load_unload_and_memory_budget(server, home, keys_, run_cli):
     env = {"EMBER_HOST": server.url, "EMBER_HOME": str(home), "EMBER_API_KEY": keys_[0]}
+    # a keeps loaded from now on (a negative keep_alive: forever), loading it again if keep_alive unloaded it
+    run_cli("models", "load", "a", "--keep-alive=-1", env=env, check=True)
     ps = json.loads(run_cli("models", "ps", "--json", env=env, check=True).stdout)
     assert [(e["id"], e["ref"], e["loaded"]) for e in ps["data"]] == [("a", "a:1", True)]
     assert ps["data"][0]["memory_bytes"] > 0 and ps["rss_bytes"] > 0
@@ -101,5 +103,5 @@ def test_cli_load_unload_and_memory_budget(start_server, home, keys_, run_cli):
     audit = [e for e in httpx.get(server.url + "/api/audit", params={"action": "model."}, timeout=30,
                                   headers=server.headers).json()["data"] if e["action"] != "model.import"]
     assert [(e["action"], e["target"]) for e in audit] == [
-        ("model.load_failed", "no-such-model"), ("model.unload", "b"), ("model.load", "b")]
+        ("model.load_failed", "no-such-model"), ("model.unload", "b"), ("model.load", "b"), ("model.load", "a")]
     assert {e["actor"] for e in audit} == {keys_[2]}

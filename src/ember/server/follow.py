@@ -109,7 +109,10 @@ async def check(app, served) -> None:
     except EmberError as e:
         log.warning("%s no longer resolves (%s); still serving %s", served.id, e.message, served.ref)
         return
-    if info.ref in (served.ref, served.failed_ref):
+    if info.ref == served.ref:
+        served.failed_ref = served.error = None  # the alias moved back to what is served: nothing failed now
+        return
+    if info.ref == served.failed_ref:
         return
     await swap(app, served, info)
 

@@ -125,6 +125,8 @@ class RequestLog:
             status[0] = status[0] or 500
             raise
         finally:
+            for release in state.get("on_end", ()):  # e.g. the engine pin of server/openai_api.py `_served`
+                release()
             self._emit(scope, rid, status[0], time.perf_counter() - t0, record)
 
     def _emit(self, scope, rid: str, status: int, latency: float, record: dict) -> None:

@@ -73,7 +73,24 @@ def _served(request: Request, name: str | None, kind: str):
     if not served.loaded:  # unloaded while this request waited: it has to come again
         raise NotReady(f"the model {served.id!r} is not loaded; retry")
     request.state.log["version"] = served.ref  # the x-ember-model-version header (server/middleware.py)
+    _pin(request, served.engine)
     return served
+
+
+def _pin(request: Request, engine) -> None:
+    """Keeps the engine this request started with from being freed by a hot swap or an unload until the
+    response is sent (model_set.engine_idle waits for pins; the middleware releases it)."""
+    if engine is None:
+        return
+    engine.pins = getattr(engine, "pins", 0) + 1
+
+    def release():
+        engine.pins -= 1
+
+    ends = getattr(request.state, "on_end", None)
+    if ends is None:
+        ends = request.state.on_end = []
+    ends.append(release)
 
 
 # ----- models -----
