@@ -360,3 +360,19 @@ def test_logged_content_is_redacted(open_srv):
         time.sleep(0.1)
     log = open_srv.log()
     assert "bob@example.com" not in log and "4111 1111" not in log and "[CARD]" in log
+
+
+def test_stored_responses_belong_to_their_key(srv, keys):
+    """Key b can neither read, continue nor delete key a's stored response; a and an admin can."""
+    a = openai.OpenAI(base_url=srv.v1, api_key=keys["a"]["secret"], max_retries=0)
+    b = openai.OpenAI(base_url=srv.v1, api_key=keys["b"]["secret"], max_retries=0)
+    first = a.responses.create(model="tiny", input="a secret of key a", max_output_tokens=2)
+    for attempt in (lambda: b.responses.retrieve(first.id), lambda: b.responses.delete(first.id),
+                    lambda: b.responses.create(model="tiny", input="go on", max_output_tokens=2,
+                                               previous_response_id=first.id)):
+        with pytest.raises(openai.NotFoundError):
+            attempt()
+    assert a.responses.retrieve(first.id).id == first.id
+    admin = httpx.get(f"{srv.v1}/responses/{first.id}", headers=keys["admin"]["h"])
+    assert admin.status_code == 200
+    a.responses.delete(first.id)

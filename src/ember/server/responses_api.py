@@ -26,6 +26,7 @@ from ember.errors import EmberError, InvalidRequest
 from ember.server import limits, tools
 from ember.server.auth import require_scope
 from ember.server.errors import error_body
+from ember.server.files_api import owner_of, visible_owner
 from ember.server.generation import Run
 from ember.server.openai_api import (
     SSEResponse,
@@ -301,10 +302,10 @@ async def create_response(body: ResponsesRequest, request: Request):
     await ensure_loaded(request, body.model, "generate")  # one not in memory loads; the request waits
     served = _served(request, body.model, "generate")
     engine, st = served.engine, _state(request)
-    items = []
-    if body.previous_response_id:
+    items, owner = [], owner_of(request)[0]
+    if body.previous_response_id:  # only the key's own responses (or any, for an admin key)
         _, items = await asyncio.get_running_loop().run_in_executor(
-            None, stored.load, body.previous_response_id, st.settings)
+            None, stored.load, body.previous_response_id, st.settings, visible_owner(request))
     items = items + normalize_items(body.input)
     chat_tools, choice = _chat_tools(body)
     ids, constraint, names = tools.prepare_chat(engine, to_messages(items, body.instructions), chat_tools, choice,
@@ -333,10 +334,10 @@ async def create_response(body: ResponsesRequest, request: Request):
             resp = b.response("incomplete" if reason == "length" else "completed", run)
             if body.store:
                 await asyncio.get_running_loop().run_in_executor(None, stored.save, resp, b.conversation(),
-                                                                 st.settings)
+                                                                 st.settings, owner)
             return resp
         run.start()
-        sse = SSEResponse(_stream(run, b, body, st.settings),
+        sse = SSEResponse(_stream(run, b, body, st.settings, owner),
                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         sse.on_close = run.close
         return sse
@@ -353,7 +354,7 @@ async def _collect(run: Run) -> tuple[str, str | None]:
     return text, reason
 
 
-async def _stream(run: Run, b: Builder, body: ResponsesRequest, settings):
+async def _stream(run: Run, b: Builder, body: ResponsesRequest, settings, owner: str):
     try:
         yield _sse(b._event("response.created", response=b.response("in_progress")))
         yield _sse(b._event("response.in_progress", response=b.response("in_progress")))
@@ -365,7 +366,8 @@ async def _stream(run: Run, b: Builder, body: ResponsesRequest, settings):
         run.close()
         resp = b.response("incomplete" if reason == "length" else "completed", run)
         if body.store:
-            await asyncio.get_running_loop().run_in_executor(None, stored.save, resp, b.conversation(), settings)
+            await asyncio.get_running_loop().run_in_executor(None, stored.save, resp, b.conversation(), settings,
+                                                             owner)
         yield _sse(b._event("response.completed" if reason != "length" else "response.incomplete", response=resp))
     except EmberError as e:
         run.record["error"] = e.message
@@ -377,11 +379,12 @@ async def _stream(run: Run, b: Builder, body: ResponsesRequest, settings):
 @router.get("/v1/responses/{response_id}")
 async def get_response(response_id: str, request: Request):
     resp, _ = await asyncio.get_running_loop().run_in_executor(None, stored.load, response_id,
-                                                               _state(request).settings)
+                                                               _state(request).settings, visible_owner(request))
     return resp
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(response_id: str, request: Request):
-    await asyncio.get_running_loop().run_in_executor(None, stored.delete, response_id, _state(request).settings)
+    await asyncio.get_running_loop().run_in_executor(None, stored.delete, response_id, _state(request).settings,
+                                                     visible_owner(request))
     return {"id": response_id, "object": "response.deleted", "deleted": True}
