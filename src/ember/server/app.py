@@ -56,6 +56,7 @@ class ServeConfig:
     redact_content: bool = True  # with log_content: e-mails, phones, cards, IBANs, IPs, secrets masked
     shutdown_timeout: float = 30.0
     quantize: str | None = None
+    speculative: object = None  # engine.speculative.SpecConfig: n-gram speculative decoding; None: off
     workers: int = 1  # job slots of the worker this server runs (jobs/worker.py); 0: none
     settings: Settings | None = None
     allowed_hosts: list[str] | None = None  # None: loopback names when bound to loopback, else any
@@ -115,7 +116,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     st.config, st.settings = config, settings
     per_key = config.max_queue_per_key if config.max_queue_per_key is not None else max(1, config.max_queue // 4)
     st.pool = Pool(config.models, settings, max_slots=config.max_slots, max_queue=config.max_queue,
-                   max_seq_len=config.max_seq_len, quantize=config.quantize, max_queue_per_key=per_key)
+                   max_seq_len=config.max_seq_len, quantize=config.quantize, max_queue_per_key=per_key,
+                   speculative=config.speculative)
     st.metrics = metrics_mod.create(st.pool)
     st.auth = Auth(settings, require_key=config.require_key)
     st.log_content = config.log_content

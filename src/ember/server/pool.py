@@ -78,11 +78,12 @@ def resolve_or_pull(ref: str, settings):
 
 class Pool:
     def __init__(self, refs: list[str], settings, *, max_slots: int, max_queue: int, max_seq_len: int,
-                 quantize: str | None = None, max_queue_per_key: int | None = None):
+                 quantize: str | None = None, max_queue_per_key: int | None = None, speculative=None):
         self.refs = list(dict.fromkeys(refs or DEFAULT_MODELS))
         self.settings = settings
         self.max_slots, self.max_queue, self.max_seq_len, self.quantize = max_slots, max_queue, max_seq_len, quantize
         self.max_queue_per_key = max_queue_per_key
+        self.speculative = speculative  # engine.speculative.SpecConfig or None
         self.models: dict[str, ServedModel] = {}
         self._alias_cache: dict[str, tuple[float, str | None]] = {}
         self._dynamic: list[str] = []  # versions loaded on demand (fine-tuning results), at most MAX_ON_DEMAND
@@ -112,7 +113,8 @@ class Pool:
             from ember.engine.engine import Engine
 
             served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
-                                        max_seq_len=self.max_seq_len, quantize=self.quantize)
+                                        max_seq_len=self.max_seq_len, quantize=self.quantize,
+                                        speculative=self.speculative)
         else:
             from ember.server.embeddings import load_encoder
 
