@@ -278,7 +278,7 @@ def llama_mode(args) -> None:
         gguf = lb.make_gguf(server, dtype, cache)
         eport, lport = free_port(), free_port()
         eurl, lurl = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{lport}"
-        procs = [start_ember(args, eport, ["--max-slots", str(max(levels))]
+        procs = [start_ember(args, eport, ["--max-slots", str(max(*levels, args.llama_parallel))]
                              + (["--quantize", "int8"] if dtype == "int8" else [])),
                  lb.start_server(server, gguf, lport, args.llama_parallel, args.llama_ctx, args.threads,
                                  shlex.split(args.llama_args))]
@@ -323,8 +323,8 @@ def print_llama_table(runs: dict, dtypes: list[str], levels: list[int], args) ->
             # tok/s: higher is better, so Ember/llama; TTFT and TPOT: lower is better, so llama/Ember (>1: Ember ahead)
             print(f"{c:<6}| {e['output_tok_per_s']:>8.1f} {e['ttft_p50_ms']:>9.0f} {e['tpot_p50_ms']:>9.1f}  "
                   f"| {b['output_tok_per_s']:>8.1f} {b['ttft_p50_ms']:>9.0f} {b['tpot_p50_ms']:>9.1f}  "
-                  f"| {e['output_tok_per_s'] / b['output_tok_per_s']:>5.2f}x {b['ttft_p50_ms'] / e['ttft_p50_ms']:>5.2f}x "
-                  f"{b['tpot_p50_ms'] / e['tpot_p50_ms']:>5.2f}x")
+                  f"| {e['output_tok_per_s'] / b['output_tok_per_s']:>5.2f}x "
+                  f"{b['ttft_p50_ms'] / e['ttft_p50_ms']:>5.2f}x {b['tpot_p50_ms'] / e['tpot_p50_ms']:>5.2f}x")
     print("ratios > 1 mean Ember is ahead (tok/s: Ember/llama.cpp; TTFT, TPOT: llama.cpp/Ember)")
 
 
