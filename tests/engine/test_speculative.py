@@ -54,7 +54,7 @@ def test_bad_spec_config_is_a_clear_error():
 
 
 def test_speculative_greedy_equals_plain_greedy_on_20_prompts(smol_engine, spec_engine):
-    p = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    p = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     plain = [c.choices[0].token_ids for c in smol_engine.generate(PROMPTS, p)]
     before = spec_engine.spec_stats.num_accepted_tokens
     spec = [c.choices[0].token_ids for c in spec_engine.generate(PROMPTS, p)]
@@ -66,10 +66,10 @@ def test_speculative_greedy_equals_plain_greedy_on_20_prompts(smol_engine, spec_
 
 
 def test_seed_gives_the_same_text_alone_batched_and_without_speculation(smol_engine, spec_engine):
-    sp = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=24, seed=1234, ignore_eos=True)
+    sp = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=16, seed=1234, ignore_eos=True)
     prompt = PROMPTS[0]
     alone = spec_engine.generate([prompt], sp)[0].choices[0].token_ids
-    others = [SamplingParams(temperature=1.0, max_tokens=20, seed=s) for s in range(3)]
+    others = [SamplingParams(temperature=1.0, max_tokens=12, seed=s) for s in range(3)]
     batched = spec_engine.generate([PROMPTS[1], prompt, PROMPTS[3], PROMPTS[10]],
                                    [others[0], sp, others[1], others[2]])[1].choices[0].token_ids
     plain = smol_engine.generate([prompt], sp)[0].choices[0].token_ids
