@@ -1,10 +1,16 @@
 """Serving benchmark over HTTP, like `vllm bench serve`: N concurrent streaming clients against `ember serve`,
-and in the same run the same clients against a baseline server (transformers `generate`, one request at a
-time, behind the same /v1/completions streaming API shape). Prints TTFT, TPOT, ITL and end-to-end latency
-(p50/p90/p99), request and output-token throughput for both, and the throughput ratio.
+and in the same run the same clients against a baseline server. Prints TTFT, TPOT, ITL and end-to-end
+latency (p50/p90/p99), request and output-token throughput for both, and the throughput ratio.
 
     .venv/bin/python bench/serve_bench.py                            # starts both servers itself
     .venv/bin/python bench/serve_bench.py --url http://127.0.0.1:8000 --concurrency 1,8,32 --max-tokens 128
+    .venv/bin/python bench/serve_bench.py --baseline llama-server --llama-server ../shared/tools/llama.cpp/llama-server
+
+Baselines: `transformers` (default: `generate`, one request at a time, behind the same /v1/completions
+streaming API shape) or `llama-server` (llama.cpp's server with continuous batching, on GGUF files made from
+the same bundled Q4_1 file as Ember's weights: F32 against Ember fp32, Q8_0 against Ember `--quantize int8`;
+see bench/llama_baseline.py). With llama-server both servers of a precision are up at once and measured
+alternately, level by level, for --rounds rounds; the table shows each figure's median over the rounds.
 
 Every request asks for exactly --max-tokens tokens (ignore_eos on Ember, min_new_tokens on the baseline) so
 both sides do the same work. The baseline is serial, so its throughput hardly depends on concurrency; to
@@ -17,7 +23,9 @@ import asyncio
 import itertools
 import json
 import os
+import shlex
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -146,12 +154,12 @@ def summarize(results: list[dict], duration: float) -> dict:
     return out
 
 
-def wait_ready(url: str, proc: subprocess.Popen, what: str) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, what: str, path: str = "/ready") -> None:
     for _ in range(6000):
         if proc is not None and proc.poll() is not None:
             sys.exit(f"{what} exited with {proc.returncode}")
         try:
-            if httpx.get(url + "/ready", timeout=5).status_code == 200:
+            if httpx.get(url + path, timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -178,6 +186,15 @@ def main() -> None:
     ap.add_argument("--prompts-per-level", type=int, default=0, help="Requests per level (default: concurrency).")
     ap.add_argument("--baseline-prompts", type=int, default=4, help="At most this many baseline requests a level.")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--baseline", choices=("transformers", "llama-server"), default="transformers")
+    ap.add_argument("--llama-server", help="llama.cpp's llama-server binary (default: $EMBER_LLAMA_SERVER).")
+    ap.add_argument("--dtype", default="fp32,int8", help="llama-server mode: precisions to compare (fp32,int8).")
+    ap.add_argument("--rounds", type=int, default=3, help="llama-server mode: alternating rounds (median shown).")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="llama-server -t (Ember: its default).")
+    ap.add_argument("--llama-parallel", type=int, default=32, help="llama-server -np.")
+    ap.add_argument("--llama-ctx", type=int, default=16384, help="llama-server -c.")
+    ap.add_argument("--llama-args", default="", help="Extra llama-server arguments (one string).")
+    ap.add_argument("--ember-args", default="", help="Extra `ember serve` arguments, e.g. '--speculative ngram'.")
     ap.add_argument("--json", help="Also write all results to this file.")
     ap.add_argument("--baseline-server", nargs=2, metavar=("PORT", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -185,6 +202,8 @@ def main() -> None:
         return baseline_server(int(args.baseline_server[0]), args.baseline_server[1])
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.baseline == "llama-server" and not args.no_baseline:
+        return llama_mode(args)
     procs = []
     try:
         url = args.url
@@ -232,6 +251,81 @@ def main() -> None:
         for p in procs:
             p.terminate()
             p.wait()
+
+
+def start_ember(args, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = [str(Path(sys.executable).with_name("ember")), "serve", "--model", args.model, "--port", str(port),
+           "--no-workers", *extra, *shlex.split(args.ember_args)]
+    print("starting", " ".join(cmd), flush=True)
+    return subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+
+
+def llama_mode(args) -> None:
+    """Ember vs llama-server per precision: both up, levels measured alternately, median of --rounds."""
+    import llama_baseline as lb
+    from ember.config import get_settings
+
+    server = lb.find_server(args.llama_server)
+    if server is None:
+        sys.exit(lb.absent_message(args.llama_server))
+    levels = [int(c) for c in args.concurrency.split(",")]
+    dtypes = [d for d in args.dtype.split(",") if d]
+    if bad := [d for d in dtypes if d not in lb.GGUF_TYPES]:
+        sys.exit(f"unknown --dtype {bad}; choose from {', '.join(lb.GGUF_TYPES)}")
+    cache = get_settings().home / "bench" / "gguf"
+    runs: dict = {}  # (dtype, side, level) -> [summary per round]
+    for dtype in dtypes:
+        gguf = lb.make_gguf(server, dtype, cache)
+        eport, lport = free_port(), free_port()
+        eurl, lurl = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{lport}"
+        procs = [start_ember(args, eport, ["--max-slots", str(max(*levels, args.llama_parallel))]
+                             + (["--quantize", "int8"] if dtype == "int8" else [])),
+                 lb.start_server(server, gguf, lport, args.llama_parallel, args.llama_ctx, args.threads,
+                                 shlex.split(args.llama_args))]
+        try:
+            wait_ready(eurl, procs[0], "ember serve")
+            wait_ready(lurl, procs[1], "llama-server", "/health")
+            sides = {"ember": eurl, "llama.cpp": lurl}
+            for url in sides.values():
+                httpx.post(url + "/v1/completions", json={"model": args.model, "prompt": "warm up",
+                                                          "max_tokens": 4}, timeout=600)
+            for r in range(args.rounds):
+                for c in levels:
+                    order = list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]
+                    for side, url in order:  # alternate who goes first: neither always gets the warmer machine
+                        res = asyncio.run(run_level(url, args.model, c, args.prompts_per_level or c, args.max_tokens))
+                        runs.setdefault((dtype, side, c), []).append(res)
+                        print(f"{dtype} round {r + 1} c={c} {side}: {res['output_tok_per_s']:.1f} tok/s, "
+                              f"TTFT p50 {res['ttft_p50_ms']:.0f} ms, TPOT p50 {res['tpot_p50_ms']:.1f} ms",
+                              flush=True)
+        finally:
+            for p in procs:
+                p.terminate()
+                p.wait()
+    print_llama_table(runs, dtypes, levels, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({f"{d}/{s}/{c}": v for (d, s, c), v in runs.items()}, indent=2))
+
+
+def print_llama_table(runs: dict, dtypes: list[str], levels: list[int], args) -> None:
+    import llama_baseline as lb
+
+    print(f"\nmedian of {args.rounds} round(s), {args.max_tokens} tokens per request (EOS ignored), "
+          f"llama-server -np {args.llama_parallel} -c {args.llama_ctx} -t {args.threads}")
+    for dtype in dtypes:
+        print(f"\n{'':6}| Ember {dtype:5}{'':22}| llama.cpp {lb.GGUF_TYPES[dtype]:5}{'':18}| ratio (Ember / llama.cpp)")
+        print(f"{'conc':6}| {'tok/s':>8} {'TTFT ms':>9} {'TPOT ms':>9}  | {'tok/s':>8} {'TTFT ms':>9} {'TPOT ms':>9}  "
+              f"| {'tok/s':>6} {'TTFT':>6} {'TPOT':>6}")
+        for c in levels:
+            e = {k: statistics.median(r[k] for r in runs[(dtype, "ember", c)])
+                 for k in ("output_tok_per_s", "ttft_p50_ms", "tpot_p50_ms")}
+            b = {k: statistics.median(r[k] for r in runs[(dtype, "llama.cpp", c)]) for k in e}
+            # tok/s: higher is better, so Ember/llama; TTFT and TPOT: lower is better, so llama/Ember (>1: Ember ahead)
+            print(f"{c:<6}| {e['output_tok_per_s']:>8.1f} {e['ttft_p50_ms']:>9.0f} {e['tpot_p50_ms']:>9.1f}  "
+                  f"| {b['output_tok_per_s']:>8.1f} {b['ttft_p50_ms']:>9.0f} {b['tpot_p50_ms']:>9.1f}  "
+                  f"| {e['output_tok_per_s'] / b['output_tok_per_s']:>5.2f}x "
+                  f"{b['ttft_p50_ms'] / e['ttft_p50_ms']:>5.2f}x {b['tpot_p50_ms'] / e['tpot_p50_ms']:>5.2f}x")
+    print("ratios > 1 mean Ember is ahead (tok/s: Ember/llama.cpp; TTFT, TPOT: llama.cpp/Ember)")
 
 
 if __name__ == "__main__":

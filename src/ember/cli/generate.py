@@ -37,11 +37,15 @@ def register(root: typer.Typer) -> None:
     root.command("batch")(batch)
 
 
-def _engine(ref: str, max_slots: int = 32, max_seq_len: int = 2048, threads: int | None = None):
+def _engine(ref: str, max_slots: int = 32, max_seq_len: int = 2048, threads: int | None = None,
+            speculative: str | None = None, num_speculative_tokens: int = 4):
     from ember.config import get_settings
     from ember.engine.engine import Engine
+    from ember.engine.speculative import SpecConfig
 
-    return Engine.load(ref, get_settings(), max_slots=max_slots, max_seq_len=max_seq_len, threads=threads)
+    spec = SpecConfig(speculative, num_tokens=num_speculative_tokens) if speculative else None
+    return Engine.load(ref, get_settings(), max_slots=max_slots, max_seq_len=max_seq_len, threads=threads,
+                       speculative=spec)
 
 
 def generate(ref: str = typer.Argument(..., help="Model reference (name, name:3, name@alias) or a HF folder."),
@@ -59,6 +63,8 @@ def generate(ref: str = typer.Argument(..., help="Model reference (name, name:3,
              regex: str = typer.Option(None, "--regex", help="Constrain the output to this regex."),
              choice: list[str] = typer.Option(None, "--choice", help="Constrain the output to one of these."),
              threads: int = typer.Option(None, "--threads"),
+             speculative: str = typer.Option(None, "--speculative", help="Speculative decoding: ngram (local)."),
+             num_speculative_tokens: int = typer.Option(4, "--num-speculative-tokens", min=1, max=16),
              local: bool = LOCAL):
     """Complete one prompt (through a running `ember serve` when there is one)."""
     from ember.cli import remote as api
@@ -78,7 +84,8 @@ def generate(ref: str = typer.Argument(..., help="Model reference (name, name:3,
 
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                             num_beams=beams, stop=stop or [], constraint=constraint)
-    engine = _engine(ref, max_slots=4, max_seq_len=min(8192, max(2048, max_tokens + 1024)), threads=threads)
+    engine = _engine(ref, max_slots=4, max_seq_len=min(8192, max(2048, max_tokens + 1024)), threads=threads,
+                     speculative=speculative, num_speculative_tokens=num_speculative_tokens)
     p = engine.chat_prompt([{"role": "user", "content": prompt}]) if chat_mode else prompt
     if stream and not params.use_beam_search:
         _stream_print(engine, p, params)

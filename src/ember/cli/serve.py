@@ -66,6 +66,10 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
           threads: int = typer.Option(0, "--threads", help="Torch threads (0: the engine's default)."),
           backend: str = typer.Option("ember", "--backend", help="Decoder engine: ember (CPU, default) or vllm "
                                       "(vLLM on a CUDA GPU; needs `pip install vllm`)."),
+          speculative: str = typer.Option(None, "--speculative",
+                                          help="Speculative decoding: ngram (prompt lookup drafts)."),
+          num_speculative_tokens: int = typer.Option(4, "--num-speculative-tokens", min=1, max=16,
+                                                     help="Draft tokens verified per step with --speculative."),
           workers: int = typer.Option(1, "--workers", min=0,
                                       help="Jobs (fine-tuning, training, batches) this server runs at once."),
           no_workers: bool = typer.Option(False, "--no-workers",
@@ -102,13 +106,16 @@ def serve(model: list[str] = typer.Option(None, "--model", "-m", help="Model ref
     def split(v):
         return [x.strip() for x in v.split(",") if x.strip()] if v else []
 
+    from ember.engine.speculative import SpecConfig
+
+    spec = SpecConfig(speculative, num_tokens=num_speculative_tokens) if speculative else None
     settings = get_settings()
     if threads:
         settings.threads = threads
     cfg = ServeConfig(models=list(model or []), host=host, port=port, max_slots=max_slots, max_queue=max_queue,
                       max_seq_len=max_seq_len, max_body_bytes=int(max_body_mb * 1024 * 1024),
                       require_key=require_key, log_content=log_content, shutdown_timeout=shutdown_timeout,
-                      quantize=quantize, workers=0 if no_workers else workers, settings=settings,
+                      quantize=quantize, speculative=spec, workers=0 if no_workers else workers, settings=settings,
                       redact_content=not no_redact,
                       allowed_hosts=split(allowed_hosts) or None, allowed_origins=split(allowed_origins),
                       max_queue_per_key=max_queue_per_key, max_connections=max_connections,

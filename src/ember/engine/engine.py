@@ -29,6 +29,7 @@ from ember.engine.chat_render import render_ids
 from ember.engine.detok import Detokenizer
 from ember.engine.sampling import SamplingParams, sample, seeded_generator, token_logprobs
 from ember.engine.scheduler import Choice, Completion, Delta, Request, Scheduler, SchedulerOutput, Sequence, Usage
+from ember.engine.speculative import NgramDrafter, SpecConfig, SpecStats, verify as spec_verify
 from ember.errors import InvalidRequest, Overloaded
 from ember.models.attention import make_batch
 from ember.models.loading import LoadedModel, load_model
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 class Engine:
     def __init__(self, loaded: LoadedModel, max_slots: int = 32, max_seq_len: int = 2048, step_tokens: int = 256,
-                 max_waiting: int = 4096):
+                 max_waiting: int = 4096, speculative: SpecConfig | None = None):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
@@ -46,7 +47,10 @@ class Engine:
         self.context_length = min(max_seq_len, self.model.max_positions)
         self.max_slots, self.max_waiting = max_slots, max_waiting
         self.cache = self.model.make_cache(max_slots, self.context_length)
-        self.sched = Scheduler(max_slots, step_tokens)
+        self.spec = speculative
+        self.spec_stats = SpecStats()
+        drafter = NgramDrafter(speculative, self.context_length) if speculative else None
+        self.sched = Scheduler(max_slots, step_tokens, drafter)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._requests: dict[str, Request] = {}
@@ -62,14 +66,16 @@ class Engine:
     @classmethod
     def load(cls, ref_or_path, settings=None, *, max_slots: int = 32, max_seq_len: int = 2048,
              step_tokens: int = 256, threads: int | None = None, quantize: str | None = None,
-             max_adapters: int = 0) -> "Engine":
+             max_adapters: int = 0, speculative: SpecConfig | None = None) -> "Engine":
         """ref_or_path: an existing HF folder, or a registry reference (`name`, `name:3`, `name@prod`).
-        quantize="int8": dynamic int8 weights for the projections (faster, not bit-equal to transformers)."""
+        quantize="int8": dynamic int8 weights for the projections (faster, not bit-equal to transformers).
+        speculative: n-gram drafting verified k tokens per step (engine/speculative.py)."""
         threads = threads or (settings.threads if settings is not None and settings.threads else None)
         if threads:
             compute.set_threads(threads)
         loaded = compute.run(load_model, ref_or_path, settings, quantize=quantize)
-        engine = cls(loaded, max_slots=max_slots, max_seq_len=max_seq_len, step_tokens=step_tokens)
+        engine = cls(loaded, max_slots=max_slots, max_seq_len=max_seq_len, step_tokens=step_tokens,
+                     speculative=speculative)
         if max_adapters > 0 and getattr(loaded.model, "family", None) == "llama":
             from ember.engine.model_set import AdapterCache
 
@@ -91,8 +97,14 @@ class Engine:
         return self.sched.used_slots / self.max_slots
 
     def stats(self) -> dict:
-        return {"running": self.num_running, "waiting": self.num_waiting, "cache_usage": self.cache_usage,
-                "steps": self.steps, "generated_tokens": self.generated_tokens}
+        st = {"running": self.num_running, "waiting": self.num_waiting, "cache_usage": self.cache_usage,
+              "steps": self.steps, "generated_tokens": self.generated_tokens}
+        if self.spec is not None:
+            ss = self.spec_stats
+            st["spec_decode"] = {"num_drafts": ss.num_drafts, "num_draft_tokens": ss.num_draft_tokens,
+                                 "num_accepted_tokens": ss.num_accepted_tokens,
+                                 "acceptance_rate": ss.acceptance_rate}
+        return st
 
     # ----- prompts -----
     def encode(self, prompt: str | list[int]) -> list[int]:
@@ -354,7 +366,8 @@ class Engine:
             return
         result = compute.run(self._execute, out)
         self.steps += 1
-        self.sched.update(out)
+        accepted = [len(toks) - 1 for _, toks in result.spec]
+        self.sched.update(out, accepted)
         for s, lps in result.prompt_logprobs:
             s.prompt_logprobs.extend(lps)
         for (s, _), last in zip(out.prefill, out.last_chunk):
@@ -362,6 +375,14 @@ class Engine:
                 self._finish(s, "length", [], None)
         for s, t, lp in result.sampled:
             self._advance(s, t, lp)
+        for (s, toks), (_, d) in zip(result.spec, out.spec):
+            self.spec_stats.num_drafts += 1
+            self.spec_stats.num_draft_tokens += len(d)
+            self.spec_stats.num_accepted_tokens += len(toks) - 1
+            for t in toks:  # a stop, a stop string or a limit ends the row; its later tokens are dropped
+                if s.finish_reason is not None:
+                    break
+                self._advance(s, t, None)
 
     @torch.inference_mode()
     def _execute(self, out: SchedulerOutput) -> "StepResult":
@@ -369,14 +390,20 @@ class Engine:
         logprobs asked for. Touches no scheduler state: it reads the sequences, the update writes them."""
         for src, dst, n in out.copies:
             self.cache.copy_slot(src, dst, n)
+        # Speculative rows go in as chunks (last token + drafts) ahead of the prompts' chunks.
         b = make_batch([(s.slot, s.n_cached, s.output_ids[-1]) for s in out.decode],
-                       [(s.slot, s.n_cached, s.prompt_ids[s.n_cached : s.n_cached + n]) for s, n in out.prefill],
-                       out.last_chunk)
-        # Logit rows: every decode token; every position of a chunk whose prompt is scored; else the last
-        # position of a prompt's last chunk. rows[i] is the sequence sampled from logits row sample_at[i].
+                       [(s.slot, s.n_cached, [s.output_ids[-1]] + d) for s, d in out.spec]
+                       + [(s.slot, s.n_cached, s.prompt_ids[s.n_cached : s.n_cached + n]) for s, n in out.prefill],
+                       [True] * len(out.spec) + out.last_chunk)
+        # Logit rows: every decode token; every position of a speculative chunk; every position of a chunk
+        # whose prompt is scored; else the last position of a prompt's last chunk. rows[i] is the sequence
+        # sampled from logits row sample_at[i].
         index, rows, scoring = list(range(len(out.decode))), list(out.decode), []
         sample_at = list(range(len(out.decode)))
         off = len(out.decode)
+        n_spec = sum(len(d) + 1 for _, d in out.spec)
+        index.extend(range(off, off + n_spec))
+        off += n_spec
         for (s, n), last in zip(out.prefill, out.last_chunk):
             if s.prompt_logprobs is not None:
                 scoring.append((s, len(index), n))
@@ -387,14 +414,20 @@ class Engine:
                 rows.append(s)
                 sample_at.append(len(index) - 1)
             off += n
-        if scoring:
+        if scoring or out.spec:
             b.logit_index = torch.tensor(index, dtype=torch.long)
         if self.adapters is not None:  # each token row's LoRA adapter slot (-1: the base alone)
-            lora = [s.request.adapter for s in out.decode] + [s.request.adapter for s, n in out.prefill
-                                                               for _ in range(n)]
+            lora = ([s.request.adapter for s in out.decode]  # token rows in make_batch's order
+                    + [s.request.adapter for s, d in out.spec for _ in range(len(d) + 1)]
+                    + [s.request.adapter for s, n in out.prefill for _ in range(n)])
             b.lora_rows = torch.tensor(lora) if any(a >= 0 for a in lora) else None
         logits = self.model.forward(b, self.cache)
         res = StepResult()
+        if out.spec:
+            nd = len(out.decode)
+            res.spec = list(zip([s for s, _ in out.spec],
+                                spec_verify(logits[nd : nd + n_spec], [s for s, _ in out.spec],
+                                                   [d for _, d in out.spec])))
         for s, r0, n in scoring:
             targets = s.prompt_ids[s.n_cached + 1 : s.n_cached + n + 1]  # position p predicts token p + 1
             if targets:
@@ -482,6 +515,7 @@ class StepResult:
 
     sampled: list[tuple[Sequence, int, dict | None]] = field(default_factory=list)  # (seq, token, logprob)
     prompt_logprobs: list[tuple[Sequence, list[dict]]] = field(default_factory=list)  # this step's chunk of each
+    spec: list[tuple[Sequence, list[int]]] = field(default_factory=list)  # (seq, accepted drafts + 1 token)
 
 
 class _Collector:

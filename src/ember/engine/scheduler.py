@@ -155,15 +155,19 @@ class SchedulerOutput:
     prefill: list[tuple[Sequence, int]]  # (sequence, prompt tokens computed this step from s.n_cached on)
     copies: list[tuple[int, int, int]]  # (from slot, to slot, positions), done before the forward
     last_chunk: list[bool] = field(default_factory=list)
+    # Speculative rows (engine/speculative.py): (sequence, draft tokens); they feed their last token and the
+    # drafts as one chunk, and are not in `decode`.
+    spec: list[tuple[Sequence, list[int]]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not self.decode and not self.prefill
+        return not self.decode and not self.prefill and not self.spec
 
 
 class Scheduler:
-    def __init__(self, max_slots: int, step_tokens: int):
+    def __init__(self, max_slots: int, step_tokens: int, drafter=None):
         self.max_slots, self.step_tokens = max_slots, step_tokens
+        self.drafter = drafter  # engine/speculative.py's NgramDrafter, or None
         self.free = list(range(max_slots))  # a heap: the lowest free slot first keeps the decode range dense
         self.held: list[list[int]] = [[] for _ in range(max_slots)]  # tokens whose K/V a free slot still holds
         self.held_salt: list[tuple | None] = [None] * max_slots  # whose they are: (salt, adapter), reused if equal
@@ -182,7 +186,12 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         """The next step: every decoding sequence, then prefill chunks in arrival order within the budget."""
         decode = [s for s in self.running if s.state is SeqState.DECODING]
-        budget = max(self.step_tokens - len(decode), 1)
+        spec = []
+        if self.drafter is not None and len(decode) <= self.drafter.cfg.max_batch:
+            drafts = [self.drafter.propose(s) for s in decode]
+            spec = [(s, d) for s, d in zip(decode, drafts) if d]
+            decode = [s for s, d in zip(decode, drafts) if not d]
+        budget = max(self.step_tokens - len(decode) - sum(len(d) + 1 for _, d in spec), 1)
         prefill, copies = [], []
         for s in self.running:
             if s.state is SeqState.PREFILLING and budget > 0:
@@ -199,12 +208,15 @@ class Scheduler:
             if n:
                 prefill.append((s, n))
                 budget -= n
-        return SchedulerOutput(decode, prefill, copies, [s.n_cached + n == s.prefill_len for s, n in prefill])
+        return SchedulerOutput(decode, prefill, copies, [s.n_cached + n == s.prefill_len for s, n in prefill], spec)
 
-    def update(self, out: SchedulerOutput) -> None:
-        """After the step's forward: the computed positions are in the cache; a finished prompt decodes next."""
+    def update(self, out: SchedulerOutput, accepted: list[int] | None = None) -> None:
+        """After the step's forward: the computed positions are in the cache; a finished prompt decodes next.
+        accepted[i]: drafts of out.spec[i] accepted; the rest of its chunk lies past its new length."""
         for s in out.decode:
             s.n_cached += 1
+        for (s, _), m in zip(out.spec, accepted or []):
+            s.n_cached += m + 1
         for (s, n), last in zip(out.prefill, out.last_chunk):
             s.n_cached += n
             if last:

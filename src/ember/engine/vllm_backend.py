@@ -97,16 +97,22 @@ def _real_params(kw: dict):
     return vllm.SamplingParams(**kw, output_kind=RequestOutputKind.DELTA)
 
 
-def _real_llm(folder: str, max_slots: int, max_len: int):
-    """vLLM's async engine over a materialized folder; created on the adapter's loop (it starts tasks there)."""
+def _real_llm(folder: str, max_slots: int, max_len: int, speculative=None):
+    """vLLM's async engine over a materialized folder; created on the adapter's loop (it starts tasks there).
+    `speculative` (engine.speculative.SpecConfig) maps to vLLM's own n-gram drafter."""
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     try:
         from vllm.v1.engine.async_llm import AsyncLLM
     except ImportError:  # vllm < 0.8
         from vllm import AsyncLLMEngine as AsyncLLM
+    extra = {}
+    if speculative is not None:
+        extra["speculative_config"] = {"method": "ngram", "num_speculative_tokens": speculative.num_tokens,
+                                       "prompt_lookup_max": speculative.ngram_max,
+                                       "prompt_lookup_min": speculative.ngram_min}
     args = AsyncEngineArgs(model=folder, tokenizer=folder, max_num_seqs=max_slots, max_model_len=max_len,
-                           trust_remote_code=False, disable_log_stats=True)
+                           trust_remote_code=False, disable_log_stats=True, **extra)
     return AsyncLLM.from_engine_args(args)
 
 
@@ -212,7 +218,7 @@ class VllmEngine:
     @classmethod
     def load(cls, ref_or_path, settings=None, *, max_slots: int = 32, max_seq_len: int = 2048,
              step_tokens: int = 256, threads: int | None = None, quantize: str | None = None,
-             max_adapters: int = 0) -> "VllmEngine":
+             max_adapters: int = 0, speculative=None) -> "VllmEngine":
         """A registry reference (or folder) served by vLLM on the GPU; refuses cleanly without vllm or CUDA."""
         from ember.models.loading import load_tokenizer, read_json, resolve_folder
 
@@ -228,7 +234,7 @@ class VllmEngine:
         tok = load_tokenizer(folder)
         eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
         eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
-        return cls(lambda: _real_llm(str(folder), max_slots, context), tok, vocab_size=int(cfg["vocab_size"]),
+        return cls(lambda: _real_llm(str(folder), max_slots, context, speculative), tok, vocab_size=int(cfg["vocab_size"]),
                    context_length=context, eos_ids=eos, max_slots=max_slots)
 
     # ----- counters the server exports as metrics -----

@@ -59,6 +59,7 @@ class ServeConfig:
     redact_content: bool = True  # with log_content: e-mails, phones, cards, IBANs, IPs, secrets masked
     shutdown_timeout: float = 30.0
     quantize: str | None = None
+    speculative: object = None  # engine.speculative.SpecConfig: n-gram speculative decoding; None: off
     workers: int = 1  # job slots of the worker this server runs (jobs/worker.py); 0: none
     keep_alive: float | None = None  # seconds idle before a model unloads (None: never); see residency.py
     max_memory: int | None = None  # bytes of model weights + caches; beyond it: evict LRU idle or refuse
@@ -129,7 +130,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     st.pool = Pool(config.models, settings, max_slots=config.max_slots, max_queue=config.max_queue,
                    max_seq_len=config.max_seq_len, quantize=config.quantize, max_queue_per_key=per_key,
                    keep_alive=config.keep_alive, max_memory=config.max_memory, max_adapters=config.max_adapters,
-                   backend=config.backend)
+                   backend=config.backend, speculative=config.speculative)
     st.metrics = metrics_mod.create(st.pool)
     st.metrics.lifecycle = st.pool.lifecycle = follow.Lifecycle(st.metrics.registry, st.pool)
     st.auth = Auth(settings, require_key=config.require_key)

@@ -9,7 +9,7 @@ mirror live state (running, waiting, cache usage) are computed when scraped, so 
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 _LAT = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 _TPOT = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
@@ -46,14 +46,23 @@ class _LiveGauges:
         waiting = GaugeMetricFamily("ember:num_requests_waiting", "Requests admitted to the queue, waiting for "
                                     "a slot.", labels=M)
         cache = GaugeMetricFamily("ember:cache_usage_perc", "Fraction of KV-cache slots in use (0-1).", labels=M)
+        # Speculative decoding (serve --speculative), vLLM's spec_decode counters; acceptance rate is
+        # num_accepted_tokens / num_draft_tokens.
+        spec = {k: CounterMetricFamily(f"ember:spec_decode_{k}", help_, labels=M) for k, help_ in (
+            ("num_drafts", "Speculative drafts verified."), ("num_draft_tokens", "Draft tokens proposed."),
+            ("num_accepted_tokens", "Draft tokens accepted."))}
         for served in self.pool.all():
             running.add_metric([served.id], served.admission.running)
             waiting.add_metric([served.id], served.admission.waiting)
             if served.engine is not None:
                 cache.add_metric([served.id], float(served.engine.cache_usage))
+                if served.engine.spec is not None:
+                    for k, fam in spec.items():
+                        fam.add_metric([served.id], getattr(served.engine.spec_stats, k))
         yield running
         yield waiting
         yield cache
+        yield from spec.values()
 
 
 def create(pool) -> Metrics:

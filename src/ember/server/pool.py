@@ -102,12 +102,13 @@ def resolve_or_pull(ref: str, settings):
 class Pool:
     def __init__(self, refs: list[str], settings, *, max_slots: int, max_queue: int, max_seq_len: int,
                  quantize: str | None = None, max_queue_per_key: int | None = None, keep_alive: float | None = None,
-                 max_memory: int | None = None, max_adapters: int = 8, backend: str = "ember"):
+                 max_memory: int | None = None, max_adapters: int = 8, backend: str = "ember", speculative=None):
         self.backend = backend  # "ember" (the CPU engine) or "vllm" (engine/vllm_backend.py, GPU)
         self.refs = list(dict.fromkeys(refs or DEFAULT_MODELS))
         self.settings = settings
         self.max_slots, self.max_queue, self.max_seq_len, self.quantize = max_slots, max_queue, max_seq_len, quantize
         self.max_queue_per_key = max_queue_per_key
+        self.speculative = speculative  # engine.speculative.SpecConfig or None
         self.models: dict[str, ServedModel] = {}
         self._alias_cache: dict[str, tuple[float, str | None]] = {}
         self.keep_alive = keep_alive  # given to each model it loads (server/residency.py); None: forever
@@ -145,7 +146,7 @@ class Pool:
 
             served.engine = Engine.load(info.ref, self.settings, max_slots=self.max_slots,
                                         max_seq_len=self.max_seq_len, quantize=self.quantize,
-                                        max_adapters=self.max_adapters)
+                                        max_adapters=self.max_adapters, speculative=self.speculative)
         else:
             from ember.server.embeddings import load_encoder
 
