@@ -234,8 +234,8 @@ class VllmEngine:
         tok = load_tokenizer(folder)
         eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
         eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
-        return cls(lambda: _real_llm(str(folder), max_slots, context, speculative), tok, vocab_size=int(cfg["vocab_size"]),
-                   context_length=context, eos_ids=eos, max_slots=max_slots)
+        return cls(lambda: _real_llm(str(folder), max_slots, context, speculative), tok,
+                   vocab_size=int(cfg["vocab_size"]), context_length=context, eos_ids=eos, max_slots=max_slots)
 
     # ----- counters the server exports as metrics -----
     @property

@@ -5,9 +5,9 @@ restarts and replicas that share one registry database.
     curl localhost:8000/v1/responses -d '{"input": "And?", "previous_response_id": "resp_..."}'
 
 A row belongs to the key that created it (`owner`): other keys get 404 for it, as for files; admin keys and
-keyless servers see every row. A row keeps the response object as returned and the conversation items that led to it (its input items,
-those of the responses it continued included), so a continuation renders exactly the same prompt as the whole
-conversation sent at once.
+keyless servers see every row. A row keeps the response object as returned and the conversation items that led
+to it (its input items, those of the responses it continued included), so a continuation renders exactly the
+same prompt as the whole conversation sent at once.
 """
 
 from datetime import datetime
