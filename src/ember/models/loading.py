@@ -140,6 +140,8 @@ def load_model(ref_or_path, settings=None, *, with_tokenizer: bool = True, quant
         from ember.models.int8 import quantize_model
 
         quantize_model(model, quantize, tok)
+    if hasattr(model, "fold_attention_scale"):
+        model.fold_attention_scale()
     if onednn_available():  # else the tied head stays a plain matrix, and the lookup reads its columns
         _map_tied_embedding(model, folder)
     pack_weights(model)
