@@ -24,9 +24,12 @@ class Int8Linear:
         self.shape = tuple(wt.shape)
 
     def __rmatmul__(self, x: torch.Tensor) -> torch.Tensor:
-        sx = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-8)
+        # Same values as (x.abs().amax(-1) / 127).clamp(1e-8), x / sx, int32 -> float * sx * scale, in fewer
+        # ops (a one-stream step runs 120 of these; their dispatch, not the GEMM, dominates): the inf-norm
+        # is max |x| in one pass, the clamp works in place and int32 * float promotes without a copy.
+        sx = (torch.linalg.vector_norm(x, float("inf"), -1, keepdim=True) / 127).clamp_(min=1e-8)
         xq = (x / sx).round_().to(torch.int8)
-        return torch._int_mm(xq, self.q).float().mul_(sx).mul_(self.scale)  # in place: no extra [M, N] temporaries
+        return (torch._int_mm(xq, self.q) * sx).mul_(self.scale)  # in place: no extra [M, N] temporary
 
 
 class _ActMax:

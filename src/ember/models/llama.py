@@ -37,7 +37,7 @@ def _clone(t: torch.Tensor | None) -> torch.Tensor | None:
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     # Same operation order as transformers' LlamaRMSNorm so greedy decoding stays token-identical.
     var = x.pow(2).mean(-1, keepdim=True)
-    return w * (x * torch.rsqrt(var + eps))
+    return w * (x * var.add_(eps).rsqrt_())  # in place on the fresh [T, 1] temporary: same values
 
 
 def rope_inv_freq(cfg: dict) -> tuple[torch.Tensor, float]:
@@ -157,11 +157,11 @@ class LlamaDecoder:
             q, k = qk[:, :H], qk[:, H:]
             v = qkv[:, nqk:].view(T, KV, D)
             a = cache.attend(i, q, k, v, b, self.attn_scale)
-            x = x + (a @ L.wo if L.bo is None else (a @ L.wo) + L.bo)
+            x += a @ L.wo if L.bo is None else (a @ L.wo) + L.bo  # x is this step's own tensor
             h = rms_norm(x, L.ln2, self.eps)
             gu = h @ L.wgu
             inter = gu.shape[1] // 2
-            x = x + (F.silu(gu[:, :inter]) * gu[:, inter:]) @ L.wdown
+            x += F.silu(gu[:, :inter]).mul_(gu[:, inter:]) @ L.wdown
         if b.logit_index.shape[0] != T or b.n_decode != T:  # decode-only steps want every row, in order
             x = x[b.logit_index]
         x = rms_norm(x, self.norm, self.eps)
