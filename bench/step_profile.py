@@ -13,6 +13,7 @@ The forward excludes scheduling and sampling; `bench/engine_bench.py` measures t
 """
 
 import argparse
+import functools
 import importlib
 import statistics
 import sys
@@ -45,8 +46,7 @@ def timed(fn, reps: int) -> tuple[list[float], list[float]]:
 
 
 def profile(fn, steps: int = 3):
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as tprofile
+    from torch.profiler import ProfilerActivity, profile as tprofile
 
     with tprofile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
@@ -85,7 +85,7 @@ def main() -> None:
             for _ in range(a.rounds):
                 for n in a.batch:
                     for v, (model, mb, cache) in models.items():
-                        fn = lambda: decode_step(model, mb, cache, n, a.ctx)  # noqa: E731
+                        fn = functools.partial(decode_step, model, mb, cache, n, a.ctx)
                         fn()
                         w, c = timed(fn, a.reps)
                         r = res.setdefault((v, n), ([], []))
@@ -96,7 +96,7 @@ def main() -> None:
             print(f"{'variant':<12}{'batch':>6}{'ops/step':>10}{'wall ms':>10}{'cpu ms':>9}{'tok/s':>8}")
             for n in a.batch:
                 for v, (model, mb, cache) in models.items():
-                    ops, ev = profile(lambda: decode_step(model, mb, cache, n, a.ctx))
+                    ops, ev = profile(functools.partial(decode_step, model, mb, cache, n, a.ctx))
                     w, c = (statistics.median(x) for x in res[v, n])
                     print(f"{v:<12}{n:>6}{ops:>10.0f}{w:>10.2f}{c:>9.2f}{n * 1e3 / w:>8.1f}")
                     if a.top:
