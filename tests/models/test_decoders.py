@@ -137,3 +137,29 @@ def test_pickled_weights_are_refused(pickle_only_dir):
 def test_missing_folder_or_config(tmp_path):
     with pytest.raises(NotFound):
         load_model(tmp_path)
+
+
+def test_llama_decode_only_steps_match_transformers(tmp_path):
+    """The decode-only fast path (no prefill in the step: no output buffer, no length mask when every row
+    has the same length) and the attention scale folded into the q weights (head_dim 16: scale 1/4,
+    exact) give transformers' logits, one row alone and rows of equal and unequal lengths."""
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    hf = _randomize(LlamaForCausalLM(cfg).eval())
+    em = load_model(_save(hf, tmp_path)).model
+    assert em.attn_scale == 1.0  # folded
+    cache = em.make_cache(3, 64)
+    cache.k.fill_(float("nan"))
+    cache.v.fill_(float("nan"))
+    seqs = [list(range(5, 15)), list(range(50, 60)), list(range(90, 96))]
+    with torch.inference_mode():
+        em.forward(make_batch([], [(s, 0, seq) for s, seq in enumerate(seqs)], [False] * 3), cache)
+        for step in range(3):
+            rows = 1 if step == 0 else 3  # one stream alone, then equal (slots 0, 1) and unequal lengths
+            dec = [(s, len(seqs[s]), 7 + step + s) for s in range(rows)]
+            out = em.forward(make_batch(dec, [], []), cache)
+            for s, (_, _, tok) in enumerate(dec):
+                seqs[s].append(tok)
+                ref = hf(torch.tensor([seqs[s]])).logits[0, -1]
+                torch.testing.assert_close(out[s], ref, atol=1e-4, rtol=1e-4)

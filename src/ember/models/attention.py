@@ -64,9 +64,10 @@ def make_batch(decode: list[tuple[int, int, int]], prefill: list[tuple[int, int,
         for s, p, _ in decode:
             lengths[s] = p + 1
         b.lmax = int(lengths.max())
-        bias = torch.zeros(b.hi, b.lmax)
-        bias.masked_fill_(torch.arange(b.lmax)[None, :] >= lengths[:, None], float("-inf"))
-        b.decode_bias = bias[:, None, None, :]
+        if int(lengths.min()) < b.lmax:  # rows of equal length (one stream, always) need no mask
+            bias = torch.zeros(b.hi, b.lmax)
+            bias.masked_fill_(torch.arange(b.lmax)[None, :] >= lengths[:, None], float("-inf"))
+            b.decode_bias = bias[:, None, None, :]
         if dslots != list(range(b.hi)):
             b.decode_rows = torch.tensor(dslots)
     return b
@@ -111,6 +112,15 @@ class KVCache:
         self.k[:, idx_dst, :, :length] = self.k[:, idx_src, :, :length].clone()
         self.v[:, idx_dst, :, :length] = self.v[:, idx_src, :, :length].clone()
 
+    @staticmethod
+    def _attend_decode(kc: torch.Tensor, vc: torch.Tensor, qd: torch.Tensor, b: StepBatch) -> torch.Tensor:
+        """qd [hi, KV, rep, D] against slots [0, hi) of one layer's cache -> [hi, KV, rep, D]."""
+        kk, vv = kc[: b.hi, :, : b.lmax], vc[: b.hi, :, : b.lmax]  # views, no copy
+        s = torch.matmul(qd, kk.transpose(-1, -2))  # [hi, KV, rep, L]
+        if b.decode_bias is not None:  # None: every row attends to all lmax positions
+            s += b.decode_bias
+        return torch.matmul(torch.softmax(s, dim=-1), vv)
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: StepBatch,
                scale: float) -> torch.Tensor:
         """q [T, H, D], k/v [T, KV, D] for the step's tokens -> attention output [T, H*D].
@@ -130,20 +140,22 @@ class KVCache:
             b.write_index = ((b.slots[:, None] * KV + heads[None, :]) * S + b.positions[:, None]).reshape(-1)
         kc.view(-1, D).index_copy_(0, b.write_index, k.reshape(T * KV, D))
         vc.view(-1, D).index_copy_(0, b.write_index, v.reshape(T * KV, D))
-        # With a power-of-two head_dim the scale is exact, so scaling q (smaller than the scores) is free.
-        q = q * scale
+        # With a power-of-two head_dim the scale is exact, so scaling q (smaller than the scores) is free;
+        # Llama folds it into its q weights (scale 1.0 here).
+        if scale != 1.0:
+            q = q * scale
         rep = H // KV
-        out = torch.empty(T, H * D, dtype=q.dtype)
         nd = b.n_decode
+        if nd == T and b.decode_rows is None:  # decode only, slots 0..T-1: no output buffer, no copy
+            return self._attend_decode(kc, vc, q.reshape(T, KV, rep, D), b).reshape(T, H * D)
+        out = torch.empty(T, H * D, dtype=q.dtype)
         if nd:
             qd = q[:nd].view(nd, KV, rep, D)
             if b.decode_rows is not None:  # scatter into a dense [hi] batch; idle rows compute garbage
                 qf = torch.zeros(b.hi, KV, rep, D, dtype=q.dtype)
                 qf[b.decode_rows] = qd
                 qd = qf
-            kk, vv = kc[: b.hi, :, : b.lmax], vc[: b.hi, :, : b.lmax]  # views, no copy
-            s = torch.matmul(qd, kk.transpose(-1, -2)) + b.decode_bias  # [hi, KV, rep, L]
-            o = torch.matmul(torch.softmax(s, dim=-1), vv)  # [hi, KV, rep, D]
+            o = self._attend_decode(kc, vc, qd, b)
             if b.decode_rows is not None:
                 o = o[b.decode_rows]
             out[:nd] = o.reshape(nd, H * D)

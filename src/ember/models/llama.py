@@ -37,7 +37,7 @@ def _clone(t: torch.Tensor | None) -> torch.Tensor | None:
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     # Same operation order as transformers' LlamaRMSNorm so greedy decoding stays token-identical.
     var = x.pow(2).mean(-1, keepdim=True)
-    return w * (x * torch.rsqrt(var + eps))
+    return w * (x * var.add_(eps).rsqrt_())  # in place on the fresh [T, 1] temporary: same values
 
 
 def rope_inv_freq(cfg: dict) -> tuple[torch.Tensor, float]:
@@ -109,6 +109,36 @@ class LlamaDecoder:
         freqs = torch.arange(self.max_positions, dtype=torch.float)[:, None] * inv_freq[None, :]
         emb = torch.cat([freqs, freqs], -1)
         self.cos, self.sin = emb.cos() * att_scale, emb.sin() * att_scale
+        # rotate_half(x) * sin == x.roll(D/2) * sin_rot, with sin_rot's first half negated: exactly equal
+        # (a negation is exact), one op instead of slice/neg/slice/cat.
+        half = self.head_dim // 2
+        self.sin_rot = torch.cat([-self.sin[:, :half], self.sin[:, half:]], -1)
+        # Attention scale still applied to q in attend(); fold_attention_scale() moves it into the weights.
+        self.attn_scale = self.scale
+
+    def fold_attention_scale(self) -> None:
+        """Moves the 1/sqrt(head_dim) score scale into the q columns of every fused QKV projection (and
+        its bias), so a step skips one multiply per layer. Only for a power-of-two scale, where scaling
+        a column is exact: q, and so the logits, stay bit-identical. Plain, packed-to-be fp32 weights
+        and Int8Linear (its per-column scale) both fold; call it before pack_weights."""
+        s = self.scale
+        if self.attn_scale != s or s != 2.0 ** round(torch.log2(torch.tensor(s)).item()):
+            return
+        from ember.models.int8 import Int8Linear
+
+        n = self.n_heads * self.head_dim
+        for L in self.layers:
+            if isinstance(L.wqkv, Int8Linear):
+                L.wqkv.scale[:n] *= s
+            elif isinstance(L.wqkv, torch.Tensor):
+                L.wqkv = L.wqkv.clone()
+                L.wqkv[:, :n] *= s
+            else:
+                return  # already packed: leave the scale in attend()
+            if L.bqkv is not None:
+                L.bqkv = L.bqkv.clone()
+                L.bqkv[:n] *= s
+        self.attn_scale = 1.0
 
     def make_cache(self, n_slots: int, max_seq_len: int) -> KVCache:
         return KVCache(self.n_layers, n_slots, self.n_kv_heads, max_seq_len, self.head_dim)
@@ -118,26 +148,27 @@ class LlamaDecoder:
         T = b.tokens.shape[0]
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         x = self.embed[b.tokens] if self.embed is not None else self.lm_head[:, b.tokens].t().contiguous()
-        cos, sin = self.cos[b.positions][:, None, :], self.sin[b.positions][:, None, :]
-        half = D // 2
+        cos, sin = self.cos[b.positions][:, None, :], self.sin_rot[b.positions][:, None, :]
+        half, nqk = D // 2, (H + KV) * D
         rows = self.lora.groups(getattr(b, "lora_rows", None)) if self.lora is not None else None
         for i, L in enumerate(self.layers):
             h = rms_norm(x, L.ln1, self.eps)
             qkv = h @ L.wqkv if L.bqkv is None else (h @ L.wqkv) + L.bqkv  # packed: bias fused, bqkv None
             if rows is not None:  # per-row LoRA adapters (models/lora.py), unmerged
                 qkv = self.lora.add(i, "qkv", h, qkv, rows)
-            q = qkv[:, : H * D].view(T, H, D)
-            k = qkv[:, H * D : (H + KV) * D].view(T, KV, D)
-            v = qkv[:, (H + KV) * D :].view(T, KV, D)
-            q = q * cos + torch.cat([-q[..., half:], q[..., :half]], -1) * sin
-            k = k * cos + torch.cat([-k[..., half:], k[..., :half]], -1) * sin
-            a = cache.attend(i, q, k, v, b, self.scale)
+            qk = qkv[:, :nqk].view(T, H + KV, D)  # q and k heads side by side: one RoPE for both
+            qk = qk * cos + qk.roll(half, -1) * sin
+            q, k = qk[:, :H], qk[:, H:]
+            v = qkv[:, nqk:].view(T, KV, D)
+            a = cache.attend(i, q, k, v, b, self.attn_scale)
             o = a @ L.wo if L.bo is None else (a @ L.wo) + L.bo
-            x = x + (o if rows is None else self.lora.add(i, "o", a, o, rows))
+            x += o if rows is None else self.lora.add(i, "o", a, o, rows)  # x is this step's own tensor
             h = rms_norm(x, L.ln2, self.eps)
             gu = h @ L.wgu if rows is None else self.lora.add(i, "gu", h, h @ L.wgu, rows)
             inter = gu.shape[1] // 2
-            act = F.silu(gu[:, :inter]) * gu[:, inter:]
-            x = x + (act @ L.wdown if rows is None else self.lora.add(i, "down", act, act @ L.wdown, rows))
-        x = rms_norm(x[b.logit_index], self.norm, self.eps)
+            act = F.silu(gu[:, :inter]).mul_(gu[:, inter:])
+            x += act @ L.wdown if rows is None else self.lora.add(i, "down", act, act @ L.wdown, rows)
+        if b.logit_index.shape[0] != T or b.n_decode != T:  # decode-only steps want every row, in order
+            x = x[b.logit_index]
+        x = rms_norm(x, self.norm, self.eps)
         return x @ self.lm_head

@@ -136,12 +136,14 @@ def load_model(ref_or_path, settings=None, *, with_tokenizer: bool = True, quant
     except KeyError as e:
         raise CorruptFile(f"{folder}: weight {e} missing for a {mtype} model") from None
     tok = load_tokenizer(folder) if with_tokenizer else None
+    if onednn_available() or quantize:  # else the tied head stays a plain matrix, the lookup reads its columns
+        _map_tied_embedding(model, folder)  # before int8, which smooths and quantizes the head
     if quantize:
         from ember.models.int8 import quantize_model
 
         quantize_model(model, quantize, tok)
-    if onednn_available():  # else the tied head stays a plain matrix, and the lookup reads its columns
-        _map_tied_embedding(model, folder)
+    if hasattr(model, "fold_attention_scale"):
+        model.fold_attention_scale()
     pack_weights(model)
     _release_freed_memory()
     return LoadedModel(folder, cfg, model, tok, gen)

@@ -69,6 +69,9 @@ def load_adapter(folder: Path, decoder, name: str) -> Adapter:
     for f in files:
         weights.update(load_file(str(f)))
     ranges = _column_ranges(decoder)
+    # A decoder whose q weights carry the attention scale (LlamaDecoder.fold_attention_scale) needs the same
+    # factor on the q update, or the adapter's share of the scores would be unscaled.
+    q_fold = decoder.scale if getattr(decoder, "attn_scale", None) == 1.0 and decoder.scale != 1.0 else 1.0
     ad = Adapter(name, r)
     for key, a in weights.items():
         if ".lora_A." not in key:
@@ -84,8 +87,9 @@ def load_adapter(folder: Path, decoder, name: str) -> Adapter:
             raise CorruptFile(f"{name}: {key} has no lora_B")
         proj, part = _TARGETS[module]
         lo, hi = ranges[proj][part]
+        k = scale * q_fold if module == "q_proj" else scale
         ad.deltas.setdefault((layer, proj), []).append(
-            (lo, hi, a.float().t().contiguous(), (b.float().t() * scale).contiguous()))
+            (lo, hi, a.float().t().contiguous(), (b.float().t() * k).contiguous()))
     if not ad.deltas:
         raise CorruptFile(f"{name}: the adapter holds no LoRA weights")
     if any(k.endswith("modules_to_save") or ".modules_to_save." in k for k in weights):
