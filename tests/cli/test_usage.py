@@ -68,8 +68,10 @@ def test_version(run_cli):
 def test_shell_completion(run_cli, tmp_path):
     r = run_cli("--show-completion", "bash")
     assert r.returncode == 0 and "_EMBER_COMPLETE=complete_bash" in r.stdout
-    # What bash asks when the user presses TAB after `ember models l`.
-    r = run_cli(env={"_EMBER_COMPLETE": "complete_bash", "COMP_WORDS": "ember models l", "COMP_CWORD": "2"})
+    # What bash asks when the user presses TAB after `ember models li` / `ember models l`.
+    r = run_cli(env={"_EMBER_COMPLETE": "complete_bash", "COMP_WORDS": "ember models li", "COMP_CWORD": "2"})
     assert r.stdout.split() == ["list"]
+    r = run_cli(env={"_EMBER_COMPLETE": "complete_bash", "COMP_WORDS": "ember models l", "COMP_CWORD": "2"})
+    assert r.stdout.split() == ["list", "load"]
     r = run_cli("--install-completion", "bash", env={"HOME": str(tmp_path), "SHELL": "/bin/bash"})
     assert r.returncode == 0 and (tmp_path / ".bash_completions" / "ember.sh").exists()
