@@ -56,7 +56,7 @@ class _LiveGauges:
             waiting.add_metric([served.id], served.admission.waiting)
             if served.engine is not None:
                 cache.add_metric([served.id], float(served.engine.cache_usage))
-                if served.engine.spec is not None:
+                if getattr(served.engine, "spec", None) is not None:  # the vLLM backend keeps its own counters
                     for k, fam in spec.items():
                         fam.add_metric([served.id], getattr(served.engine.spec_stats, k))
         yield running
