@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -183,11 +184,12 @@ def put_file(src: Path, settings: Settings | None = None) -> tuple[str, int]:
         raise
 
 
-def _download(shared: BlobStore, digest: str, settings: Settings) -> None:
-    """Fetch a blob into the local cache; its bytes must hash to its name before they enter the cache."""
-    settings.blobs_dir.mkdir(parents=True, exist_ok=True)
+@contextmanager
+def _fetched(shared: BlobStore, digest: str, settings: Settings, prefix: str):
+    """The shared store's copy of a blob in a temp file, already hashed: CorruptFile (naming the object) when
+    its bytes do not hash to its name. The file is removed on exit unless the caller moved it."""
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=settings.tmp_dir, prefix="fetch-")
+    fd, tmp = tempfile.mkstemp(dir=settings.tmp_dir, prefix=prefix)
     os.close(fd)
     try:
         shared.fetch(digest, Path(tmp))
@@ -195,10 +197,17 @@ def _download(shared: BlobStore, digest: str, settings: Settings) -> None:
         if actual != digest:
             raise CorruptFile(f"blob sha256-{digest} in {shared.location} is corrupt: its content hashes to "
                               f"sha256-{actual}; it was not used (restore it from a copy, or re-import the model)")
-        local_store(settings).adopt(Path(tmp), digest)
+        yield Path(tmp)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _download(shared: BlobStore, digest: str, settings: Settings) -> None:
+    """Fetch a blob into the local cache; its bytes must hash to its name before they enter the cache."""
+    settings.blobs_dir.mkdir(parents=True, exist_ok=True)
+    with _fetched(shared, digest, settings, "fetch-") as tmp:
+        local_store(settings).adopt(tmp, digest)
 
 
 def verify_blob(digest: str, settings: Settings | None = None) -> None:
@@ -223,17 +232,8 @@ def verify_shared(digest: str, settings: Settings | None = None) -> None:
     shared = shared_store(settings)
     if shared is None:
         return
-    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=settings.tmp_dir, prefix="verify-")
-    os.close(fd)
-    try:
-        shared.fetch(digest, Path(tmp))
-        actual = hash_file(Path(tmp))
-        if actual != digest:
-            raise CorruptFile(f"blob sha256-{digest} in {shared.location} is corrupt: its content hashes to "
-                              f"sha256-{actual}")
-    finally:
-        os.unlink(tmp)
+    with _fetched(shared, digest, settings, "verify-"):
+        pass
 
 
 def copy_out(digest: str, dest: Path, settings: Settings | None = None, *, link: bool = False) -> None:
