@@ -49,6 +49,7 @@ def test_task_keys_and_digests(tmp_path):
     ("data: data.jsonl\nprompt: '{q}'\nreference: a\nchoices: opts\n", "choices"),
     ("type: multiple_choice\ndata: data.jsonl\nprompt: '{q}'\nreference: a\nmetrics: [bleu]\n", "metrics"),
     ("type: multiple_choice\ndata: data.jsonl\nprompt: '{q}'\nreference: a\nchat: true\n", "chat"),
+    ("name: " + "n" * 300 + "\ndata: data.jsonl\nprompt: '{q}'\nreference: a\n", "name"),
 ])
 def test_bad_task_files_name_the_key(tmp_path, text, key):
     with pytest.raises(InvalidRequest) as e:

@@ -145,6 +145,8 @@ def load_task(spec: str | Path) -> Task:
             _bad(key, "belongs to multiple_choice tasks", source)
     t = Task(name=str(raw.get("name") or path.stem), type=ttype, source=source,
              description=str(raw.get("description") or ""))
+    if len(t.name) > 256 or not t.name.isprintable():  # checked before the run: eval_runs.task is 256 chars
+        _bad("name", "must be at most 256 printable characters", source)
     base = path.parent
 
     def data_path(key, value) -> Path:
