@@ -87,3 +87,35 @@ def test_other_database_url(tmp_path, tiny_model_dir):
     assert registry.register_folder(tiny_model_dir, "tiny", settings=s).ref == "tiny:1"
     assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "h" / "ember.db").exists()
     db.dispose_all()
+
+
+def test_materializing_a_version_another_process_just_installed_keeps_their_folder(ember_home, tiny_model_dir,
+                                                                                    monkeypatch):
+    """Two torchrun ranks materialize the same base at once. The one that finishes second must not delete the
+    folder the first installed (the first is already loading from it); it uses that folder instead."""
+    from ember.store import importers
+
+    importers.import_path(tiny_model_dir, "tiny")
+    first = registry.materialize("tiny")
+    inode = first.stat().st_ino
+    real = registry._complete
+    calls = []
+
+    def not_yet_on_first_look(folder, info):  # this process looked before the other one renamed its folder in
+        calls.append(folder)
+        return False if len(calls) == 1 else real(folder, info)
+
+    monkeypatch.setattr(registry, "_complete", not_yet_on_first_look)
+    second = registry.materialize("tiny")
+    assert second == first and second.stat().st_ino == inode
+    assert (second / "config.json").is_file()
+    assert not [p for p in second.parent.iterdir() if p.name.startswith(".")]  # its own copy was cleaned up
+
+
+def test_an_incomplete_materialized_folder_is_replaced(ember_home, tiny_model_dir):
+    from ember.store import importers
+
+    importers.import_path(tiny_model_dir, "tiny")
+    folder = registry.materialize("tiny")
+    (folder / "config.json").unlink()
+    assert registry.materialize("tiny") == folder and (folder / "config.json").is_file()

@@ -325,11 +325,15 @@ def _cache_key(info: VersionInfo) -> str:
 
 
 def materialize(ref: str | VersionInfo, settings: Settings | None = None) -> Path:
-    """A plain HF folder of the version (hard links to verified blobs). Read-only: never write into it."""
+    """A plain HF folder of the version (hard links to verified blobs). Read-only: never write into it.
+
+    Safe when several processes (torchrun ranks, replicas) materialize the same version at once: each builds its
+    own temporary folder and renames it into place; a complete folder already there is never removed, because
+    another process may be reading it."""
     settings = settings or get_settings()
     info = ref if isinstance(ref, VersionInfo) else resolve(ref, settings)
     final = settings.cache_dir / _cache_key(info)
-    if final.is_dir() and all((final / p).exists() for p in info.files):
+    if _complete(final, info):
         for d in set(info.files.values()):
             blobs.verify_blob(d, settings)
         return final
@@ -338,17 +342,24 @@ def materialize(ref: str | VersionInfo, settings: Settings | None = None) -> Pat
     try:
         for path, digest in info.files.items():
             blobs.copy_out(digest, tmp / path, settings, link=True)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except OSError:
-        if final.is_dir():  # another process materialized it first
-            shutil.rmtree(tmp, ignore_errors=True)
-            return final
-        raise
+        try:
+            os.replace(tmp, final)  # atomic; refused when `final` is a non-empty folder
+        except OSError:
+            if _complete(final, info):  # another process installed it first: use theirs
+                return final
+            # A stale, incomplete folder (files removed by hand): move it aside atomically, then install ours.
+            stale = Path(tempfile.mkdtemp(dir=settings.cache_dir, prefix=".stale-"))
+            os.replace(final, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _complete(folder: Path, info: VersionInfo) -> bool:
+    return folder.is_dir() and all((folder / p).exists() for p in info.files)
 
 
 def export(ref: str, dest: Path, settings: Settings | None = None) -> Path:
