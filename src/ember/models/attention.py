@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ember.models import cpu_kernels
+
 
 @dataclass
 class StepBatch:
@@ -33,6 +35,7 @@ class StepBatch:
     decode_bias: torch.Tensor | None = None
     decode_rows: torch.Tensor | None = None  # slots of the decode tokens, None when they are 0..hi-1 in order
     write_index: torch.Tensor | None = None  # [T*KV] rows of the flattened cache that the step writes
+    decode_lengths: torch.Tensor | None = None  # [n_decode] positions each decode row attends to (C kernel)
 
 
 def make_batch(decode: list[tuple[int, int, int]], prefill: list[tuple[int, int, list[int]]],
@@ -140,16 +143,27 @@ class KVCache:
             b.write_index = ((b.slots[:, None] * KV + heads[None, :]) * S + b.positions[:, None]).reshape(-1)
         kc.view(-1, D).index_copy_(0, b.write_index, k.reshape(T * KV, D))
         vc.view(-1, D).index_copy_(0, b.write_index, v.reshape(T * KV, D))
+        nd = b.n_decode
+        od = None
+        if nd and kc.dtype == torch.float32 and cpu_kernels.library() is not None:
+            # One C call per layer for the decode rows, each over its own slot's length, read in place: no
+            # views, mask or softmax temporaries (models/cpu_kernels.c; a one-row step ran ~10 torch ops here).
+            if b.decode_lengths is None:
+                b.decode_lengths = b.positions[:nd] + 1
+            od = cpu_kernels.decode_attention(q[:nd], kc, vc, b.slots[:nd], b.decode_lengths, scale)
+            if nd == T:
+                return od
         # With a power-of-two head_dim the scale is exact, so scaling q (smaller than the scores) is free;
         # Llama folds it into its q weights (scale 1.0 here).
         if scale != 1.0:
             q = q * scale
         rep = H // KV
-        nd = b.n_decode
-        if nd == T and b.decode_rows is None:  # decode only, slots 0..T-1: no output buffer, no copy
+        if od is None and nd == T and b.decode_rows is None:  # decode only, slots 0..T-1: no output buffer
             return self._attend_decode(kc, vc, q.reshape(T, KV, rep, D), b).reshape(T, H * D)
         out = torch.empty(T, H * D, dtype=q.dtype)
-        if nd:
+        if od is not None:
+            out[:nd] = od
+        elif nd:
             qd = q[:nd].view(nd, KV, rep, D)
             if b.decode_rows is not None:  # scatter into a dense [hi] batch; idle rows compute garbage
                 qf = torch.zeros(b.hi, KV, rep, D, dtype=q.dtype)

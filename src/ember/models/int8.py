@@ -9,6 +9,7 @@ Faster than fp32 where weight bandwidth dominates, not bit-equal to transformers
 import torch
 
 from ember.errors import Unsupported
+from ember.models import cpu_kernels
 
 
 class Int8Linear:
@@ -21,9 +22,16 @@ class Int8Linear:
         self.scale = (wt.abs().amax(0) / 127).clamp(min=1e-8)  # [N]
         q = torch.round(wt / self.scale).clamp(-127, 127).to(torch.int8)
         self.q = q.t().contiguous().t()  # column-major [K, N]: the faster layout for _int_mm here
+        self.rowsum = self.q.sum(0, dtype=torch.int32)  # [N], for the C kernel's unsigned activations
         self.shape = tuple(wt.shape)
 
     def __rmatmul__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and 0 < x.shape[0] <= cpu_kernels.max_rows() and x.dtype == torch.float32:
+            # A decode step of a few rows: one C call, the same bits (models/cpu_kernels.c).
+            return cpu_kernels.int8_linear(x, self.q.t(), self.rowsum, self.scale)
+        return self.through_torch(x)
+
+    def through_torch(self, x: torch.Tensor) -> torch.Tensor:
         # Same values as (x.abs().amax(-1) / 127).clamp(1e-8), x / sx, int32 -> float * sx * scale, in fewer
         # ops (a one-stream step runs 120 of these; their dispatch, not the GEMM, dominates): the inf-norm
         # is max |x| in one pass, the clamp works in place and int32 * float promotes without a copy.
@@ -113,3 +121,4 @@ def quantize_model(model, mode: str, tokenizer=None) -> None:
             setattr(layer, name, Int8Linear(getattr(layer, name)))
     if INT8_HEAD:
         model.lm_head = Int8Linear(model.lm_head)
+    cpu_kernels.library()  # built now (once per machine, logged), not inside the first decode step

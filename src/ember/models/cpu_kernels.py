@@ -1,0 +1,112 @@
+"""Few-row CPU kernels in C (cpu_kernels.c), built on first use and called through ctypes.
+
+    ember serve --model smollm2-135m-instruct --quantize int8    # one-stream decode steps use int8_linear
+
+A one-stream int8 decode step spent more time dispatching the ~9 torch ops of each projection (quantise,
+`_int_mm`, rescale) than moving weights; one C call per projection does the same arithmetic, bit for bit, at
+about twice the speed (bench/gemm_bench.py, docs/engine.md). The library is compiled with the machine's C
+compiler (`cc -O3 -march=native -fopenmp`, about a second) into EMBER_HOME/kernels/, keyed by the source, the
+compiler and the CPU's flags, so a restart does not rebuild it. Without a compiler, or with
+EMBER_CPU_KERNELS=0, everything runs through torch as before: same results, slower at one row.
+"""
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from ember.config import get_settings
+
+log = logging.getLogger("ember.kernels")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+
+
+def _cpu_flags() -> str:
+    try:
+        return next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _build(cc: str, folder: Path) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_flags()]).encode())
+    lib = folder / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    if lib.is_file():
+        return lib
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("compiling Ember's CPU kernels once for this machine (%s)", lib)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
+    os.close(fd)
+    try:
+        subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], check=True, capture_output=True, timeout=120)
+        os.replace(tmp, lib)  # atomic: processes building at once each install a whole file
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return lib
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (disabled, no compiler, or the build failed: then torch's path is used)."""
+    if os.environ.get("EMBER_CPU_KERNELS", "1") == "0":
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        log.info("no C compiler found: int8 projections run through torch (slower at one row)")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc, get_settings().home / "kernels")))
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("Ember's CPU kernels could not be built (%s): int8 projections run through torch", e)
+        return None
+    lib.ember_int8_linear.restype = None
+    lib.ember_int8_linear.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.ember_decode_attention.restype = None
+    lib.ember_decode_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 5 + [
+        ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+@cache
+def max_rows() -> int:
+    lib = library()
+    return lib.ember_max_rows() if lib is not None else 0
+
+
+def int8_linear(x: torch.Tensor, qn: torch.Tensor, rowsum: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [M, K] fp32 (M <= max_rows()) times the int8 weight qn [N, K] with per-output scales: [M, N] fp32."""
+    x = x.contiguous()
+    m, k = x.shape
+    n = qn.shape[0]
+    y = torch.empty(m, n)
+    xu = torch.empty(m, k, dtype=torch.uint8)  # the quantised rows (scratch)
+    library().ember_int8_linear(x.data_ptr(), m, k, qn.data_ptr(), rowsum.data_ptr(), scale.data_ptr(), n,
+                                y.data_ptr(), xu.data_ptr(), torch.get_num_threads())
+    return y
+
+
+def decode_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, slots: torch.Tensor,
+                     lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [R, H, D] (one new token per row) against one layer's cache kc/vc [slots, KV, S, D], each row over
+    its own slot's first lengths[r] positions: [R, H * D]. Needs library() (callers check)."""
+    q = q.contiguous()
+    r, h, d = q.shape
+    n_slots, kv, s, _ = kc.shape
+    slots, lengths = slots.contiguous(), lengths.contiguous()
+    lmax = int(lengths.max())
+    out = torch.empty(r, h * d)
+    scores = torch.empty(r * h, lmax)
+    library().ember_decode_attention(q.data_ptr(), kc.data_ptr(), vc.data_ptr(), slots.data_ptr(),
+                                     lengths.data_ptr(), r, h, kv, s, d, scale, out.data_ptr(), scores.data_ptr(),
+                                     lmax, torch.get_num_threads())
+    return out
