@@ -5,7 +5,8 @@
 SmolLM2-135M's four projection shapes x --layers (random weights, together larger than the CPU caches, so
 each call streams its weight from memory as a real step does), run through: oneDNN-packed fp32 (Ember's
 fp32 path, models/packed.py), MKL `x @ W`, Ember's W8A8 `Int8Linear` (models/int8.py, quantisation
-included) and torch's weight-only `_weight_int8pack_mm`. Prints median thread CPU ms and wall ms per pass
+included) through its C kernel (models/cpu_kernels.c, used for 1-8 rows) and through torch (`_int_mm`), and
+torch's weight-only `_weight_int8pack_mm`. Prints median thread CPU ms and wall ms per pass
 over all matrices, variants interleaved.
 """
 
@@ -15,6 +16,7 @@ import time
 
 import torch
 
+from ember.models import cpu_kernels
 from ember.models.int8 import Int8Linear
 from ember.models.packed import PackedLinear
 
@@ -42,10 +44,13 @@ def main() -> None:
             variants = {
                 "oneDNN packed fp32": lambda xs=xs: [xs[k] @ p for k, p, *_ in mats],
                 "MKL x @ W fp32": lambda xs=xs: [xs[k] @ w for k, _, w, *_ in mats],
-                "Int8Linear (_int_mm)": lambda xs=xs: [xs[k] @ i for k, _, _, i, *_ in mats],
+                "Int8Linear C kernel": lambda xs=xs: [xs[k] @ i for k, _, _, i, *_ in mats],
+                "Int8Linear torch": lambda xs=xs: [i.through_torch(xs[k]) for k, _, _, i, *_ in mats],
                 "_weight_int8pack_mm": lambda xs=xs: [torch._weight_int8pack_mm(xs[k], q, s)
                                                       for k, _, _, _, q, s in mats],
             }
+            if m > cpu_kernels.max_rows():
+                del variants["Int8Linear C kernel"]  # more rows than the kernel takes: the torch path runs
             res = {name: ([], []) for name in variants}
             for _ in range(a.rounds):
                 for name, fn in variants.items():

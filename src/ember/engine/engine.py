@@ -7,8 +7,8 @@
 
 One background thread per engine runs the step loop; each step is vLLM's schedule -> execute -> update:
 the scheduler picks the step's sequences (`SchedulerOutput`), the forward, the sampling of every row at once
-and the logprobs run on the process's compute thread (engine/compute.py, where all of Ember's heavy torch
-work runs), and the update (cache positions and states, detokenization, stop checks, deltas to callers)
+and the logprobs (engine/model_runner.py) run on the process's compute thread (engine/compute.py, where all
+of Ember's heavy torch work runs), and the update (cache positions and states, detokenization, stop checks, deltas to callers)
 runs back on the engine thread, so the compute thread is free for other work meanwhile. Callers only put
 requests on a queue, so `stream` never blocks an event loop; deltas come back to it through
 `loop.call_soon_threadsafe`. Scoring (`prompt_logprobs`, `max_tokens=0`) is a prefill whose logits at every
@@ -20,18 +20,27 @@ import logging
 import queue
 import threading
 import uuid
-from dataclasses import dataclass, field
 
 import torch
 
-from ember.engine import beam, compute, structured
+from ember.engine import beam, compute, model_runner, structured
 from ember.engine.chat_render import render_ids
 from ember.engine.detok import Detokenizer
-from ember.engine.sampling import SamplingParams, sample, seeded_generator, token_logprobs
-from ember.engine.scheduler import Choice, Completion, Delta, Request, Scheduler, SchedulerOutput, Sequence, Usage
-from ember.engine.speculative import NgramDrafter, SpecConfig, SpecStats, verify as spec_verify
+from ember.engine.model_runner import StepResult
+from ember.engine.sampling import SamplingParams, seeded_generator
+from ember.engine.scheduler import (
+    Choice,
+    Collector,
+    Completion,
+    Delta,
+    Request,
+    Scheduler,
+    SchedulerOutput,
+    Sequence,
+    Usage,
+)
+from ember.engine.speculative import NgramDrafter, SpecConfig, SpecStats
 from ember.errors import InvalidRequest, Overloaded
-from ember.models.attention import make_batch
 from ember.models.loading import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -237,7 +246,7 @@ class Engine:
             if p.use_beam_search:
                 results[i] = self.beam_search(ids, p)
                 continue
-            acc = _Collector(ids)
+            acc = Collector(ids)
 
             def on_delta(d, i=i, acc=acc):
                 acc.add(d)
@@ -385,75 +394,8 @@ class Engine:
                 self._advance(s, t, None)
 
     @torch.inference_mode()
-    def _execute(self, out: SchedulerOutput) -> "StepResult":
-        """One forward over the step's tokens, then sampling of every row that needs a next token and the
-        logprobs asked for. Touches no scheduler state: it reads the sequences, the update writes them."""
-        for src, dst, n in out.copies:
-            self.cache.copy_slot(src, dst, n)
-        # Speculative rows go in as chunks (last token + drafts) ahead of the prompts' chunks.
-        b = make_batch([(s.slot, s.n_cached, s.output_ids[-1]) for s in out.decode],
-                       [(s.slot, s.n_cached, [s.output_ids[-1]] + d) for s, d in out.spec]
-                       + [(s.slot, s.n_cached, s.prompt_ids[s.n_cached : s.n_cached + n]) for s, n in out.prefill],
-                       [True] * len(out.spec) + out.last_chunk)
-        # Logit rows: every decode token; every position of a speculative chunk; every position of a chunk
-        # whose prompt is scored; else the last position of a prompt's last chunk. rows[i] is the sequence
-        # sampled from logits row sample_at[i].
-        index, rows, scoring = list(range(len(out.decode))), list(out.decode), []
-        sample_at = list(range(len(out.decode)))
-        off = len(out.decode)
-        n_spec = sum(len(d) + 1 for _, d in out.spec)
-        index.extend(range(off, off + n_spec))
-        off += n_spec
-        for (s, n), last in zip(out.prefill, out.last_chunk):
-            if s.prompt_logprobs is not None:
-                scoring.append((s, len(index), n))
-                index.extend(range(off, off + n))
-            elif last:
-                index.append(off + n - 1)
-            if last and s.max_tokens > 0:
-                rows.append(s)
-                sample_at.append(len(index) - 1)
-            off += n
-        if scoring or out.spec:
-            b.logit_index = torch.tensor(index, dtype=torch.long)
-        if self.adapters is not None:  # each token row's LoRA adapter slot (-1: the base alone)
-            lora = ([s.request.adapter for s in out.decode]  # token rows in make_batch's order
-                    + [s.request.adapter for s, d in out.spec for _ in range(len(d) + 1)]
-                    + [s.request.adapter for s, n in out.prefill for _ in range(n)])
-            b.lora_rows = torch.tensor(lora) if any(a >= 0 for a in lora) else None
-        logits = self.model.forward(b, self.cache)
-        res = StepResult()
-        if out.spec:
-            nd = len(out.decode)
-            res.spec = list(zip([s for s, _ in out.spec],
-                                spec_verify(logits[nd : nd + n_spec], [s for s, _ in out.spec],
-                                                   [d for _, d in out.spec])))
-        for s, r0, n in scoring:
-            targets = s.prompt_ids[s.n_cached + 1 : s.n_cached + n + 1]  # position p predicts token p + 1
-            if targets:
-                k = s.params.prompt_logprobs
-                res.prompt_logprobs.append((s, token_logprobs(logits[r0 : r0 + len(targets)],
-                                                              torch.tensor(targets), k, rank=True)))
-        if not rows:
-            return res
-        if len(sample_at) != logits.shape[0]:
-            logits = logits[sample_at]
-        lp_rows = [i for i, s in enumerate(rows) if s.logprobs is not None]
-        raw = logits[lp_rows].clone() if lp_rows else None
-        params = [s.params for s in rows]
-        con = [i for i, s in enumerate(rows) if s.matcher is not None]
-        if con:  # rows without a constraint pay nothing
-            self._structured.apply_masks(logits, con, [rows[i].matcher for i in con])
-        toks = sample(logits, params, [s.generator for s in rows], [s.prompt_ids for s in rows],
-                      [s.output_ids for s in rows])
-        lps = {}
-        if lp_rows:
-            k = max(rows[i].params.logprobs for i in lp_rows)
-            for i, lp in zip(lp_rows, token_logprobs(raw, toks[lp_rows], k)):
-                lp["top"] = lp["top"][: rows[i].params.logprobs]
-                lps[i] = lp
-        res.sampled = [(s, t, lps.get(i)) for i, (s, t) in enumerate(zip(rows, toks.tolist()))]
-        return res
+    def _execute(self, out: SchedulerOutput) -> StepResult:
+        return model_runner.execute(self.model, self.cache, out, self._structured, lora=self.adapters is not None)
 
     def _advance(self, s: Sequence, t: int, lp: dict | None) -> None:
         s.output_ids.append(t)
@@ -507,39 +449,6 @@ def _take_prompt_logprobs(s: Sequence) -> list | None:
         return None
     s.prompt_logprobs_sent = True
     return s.prompt_logprobs
-
-
-@dataclass
-class StepResult:
-    """What the compute thread hands back from one step (vLLM's ModelRunnerOutput)."""
-
-    sampled: list[tuple[Sequence, int, dict | None]] = field(default_factory=list)  # (seq, token, logprob)
-    prompt_logprobs: list[tuple[Sequence, list[dict]]] = field(default_factory=list)  # this step's chunk of each
-    spec: list[tuple[Sequence, list[int]]] = field(default_factory=list)  # (seq, accepted drafts + 1 token)
-
-
-class _Collector:
-    """Accumulates one request's deltas into a Completion for the synchronous front door."""
-
-    def __init__(self, prompt_ids: list[int]):
-        self.prompt_ids = prompt_ids
-        self.choices: dict[int, Choice] = {}
-        self.prompt_logprobs = None
-
-    def add(self, d: Delta) -> None:
-        c = self.choices.setdefault(d.index, Choice(d.index, "", [], None, None))
-        c.text += d.text
-        c.token_ids += d.token_ids
-        if d.logprobs is not None:
-            c.logprobs = (c.logprobs or []) + d.logprobs
-        if d.finish_reason:
-            c.finish_reason = d.finish_reason
-        if d.prompt_logprobs is not None:
-            self.prompt_logprobs = d.prompt_logprobs
-
-    def completion(self, last: Delta) -> Completion:
-        return Completion(last.request_id, self.prompt_ids, [self.choices[i] for i in sorted(self.choices)],
-                          last.usage, self.prompt_logprobs)
 
 
 def _json_key(v) -> str:

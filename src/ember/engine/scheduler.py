@@ -288,3 +288,27 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+class Collector:
+    """Accumulates one request's deltas into a Completion for the synchronous front door."""
+
+    def __init__(self, prompt_ids: list[int]):
+        self.prompt_ids = prompt_ids
+        self.choices: dict[int, Choice] = {}
+        self.prompt_logprobs = None
+
+    def add(self, d: Delta) -> None:
+        c = self.choices.setdefault(d.index, Choice(d.index, "", [], None, None))
+        c.text += d.text
+        c.token_ids += d.token_ids
+        if d.logprobs is not None:
+            c.logprobs = (c.logprobs or []) + d.logprobs
+        if d.finish_reason:
+            c.finish_reason = d.finish_reason
+        if d.prompt_logprobs is not None:
+            self.prompt_logprobs = d.prompt_logprobs
+
+    def completion(self, last: Delta) -> Completion:
+        return Completion(last.request_id, self.prompt_ids, [self.choices[i] for i in sorted(self.choices)],
+                          last.usage, self.prompt_logprobs)

@@ -121,4 +121,3 @@ def quantize_model(model, mode: str, tokenizer=None) -> None:
             setattr(layer, name, Int8Linear(getattr(layer, name)))
     if INT8_HEAD:
         model.lm_head = Int8Linear(model.lm_head)
-    cpu_kernels.library()  # built now (once per machine, logged), not inside the first decode step

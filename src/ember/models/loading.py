@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from ember.errors import CorruptFile, NotFound, Unsupported
+from ember.models import cpu_kernels
 from ember.models.packed import onednn_available, pack_weights
 
 DECODERS = {"llama": "ember.models.llama:LlamaDecoder", "mistral": "ember.models.llama:LlamaDecoder",
@@ -145,5 +146,6 @@ def load_model(ref_or_path, settings=None, *, with_tokenizer: bool = True, quant
     if hasattr(model, "fold_attention_scale"):
         model.fold_attention_scale()
     pack_weights(model)
+    cpu_kernels.library()  # built here, once per machine and logged, rather than inside the first decode step
     _release_freed_memory()
     return LoadedModel(folder, cfg, model, tok, gen)
