@@ -64,9 +64,10 @@ def test_a_decoder_gives_the_same_logits_and_greedy_tokens_with_and_without_the_
     assert torch.equal(with_kernels.argmax(-1), without.argmax(-1))
 
 
-def test_the_library_is_built_once_and_reused(fresh_library, ember_home):
+def test_the_library_is_built_once_and_reused(fresh_library, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     first = cpu_kernels.library()
-    built = list((ember_home / "kernels").glob("cpu_kernels-*.so"))
+    built = list((tmp_path / "ember" / "kernels").glob("cpu_kernels-*.so"))
     assert first is not None and len(built) == 1
     mtime = built[0].stat().st_mtime_ns
     cpu_kernels.library.cache_clear()  # a restart

@@ -8,9 +8,9 @@
 One background thread per engine runs the step loop; each step is vLLM's schedule -> execute -> update:
 the scheduler picks the step's sequences (`SchedulerOutput`), the forward, the sampling of every row at once
 and the logprobs (engine/model_runner.py) run on the process's compute thread (engine/compute.py, where all
-of Ember's heavy torch work runs), and the update (cache positions and states, detokenization, stop checks, deltas to callers)
-runs back on the engine thread, so the compute thread is free for other work meanwhile. Callers only put
-requests on a queue, so `stream` never blocks an event loop; deltas come back to it through
+of Ember's heavy torch work runs), and the update (cache positions and states, detokenization, stop checks,
+deltas to callers) runs back on the engine thread, so the compute thread is free for other work meanwhile.
+Callers only put requests on a queue, so `stream` never blocks an event loop; deltas come back to it through
 `loop.call_soon_threadsafe`. Scoring (`prompt_logprobs`, `max_tokens=0`) is a prefill whose logits at every
 prompt position become logprobs: it is batched and chunked like any other prompt.
 """

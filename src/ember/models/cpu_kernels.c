@@ -1,6 +1,6 @@
 /* Ember's few-row CPU kernels (decode steps of 1-8 rows), loaded by models/cpu_kernels.py with ctypes.
  *
- * Built once per machine with `cc -O3 -march=native -fopenmp` into EMBER_HOME/kernels; OpenMP resolves to the
+ * Built once per machine with `cc -O3 -march=native -fopenmp` into ~/.cache/ember/kernels; OpenMP resolves to the
  * libgomp torch already loaded, so these kernels share torch's thread team instead of starting a second one.
  * The weight streams from memory once per call and every row reuses it from registers: at one row this moves
  * the int8 weights about twice as fast as the quantise + torch._int_mm + rescale sequence (docs/engine.md). */

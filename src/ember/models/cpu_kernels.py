@@ -5,8 +5,10 @@
 A one-stream int8 decode step spent more time dispatching the ~9 torch ops of each projection (quantise,
 `_int_mm`, rescale) than moving weights; one C call per projection does the same arithmetic, bit for bit, at
 about twice the speed (bench/gemm_bench.py, docs/engine.md). The library is compiled with the machine's C
-compiler (`cc -O3 -march=native -fopenmp`, about a second) into EMBER_HOME/kernels/, keyed by the source, the
-compiler and the CPU's flags, so a restart does not rebuild it. Without a compiler, or with
+compiler (`cc -O3 -march=native -fopenmp`, about a second) into the machine's cache folder
+($XDG_CACHE_HOME/ember/kernels, else ~/.cache/ember/kernels; a machine artifact like torch's extension cache,
+not user data, so every EMBER_HOME shares it), keyed by the source, the compiler and the CPU's flags: a
+restart does not rebuild it. Without a compiler, or with
 EMBER_CPU_KERNELS=0, everything runs through torch as before: same results, slower at one row.
 """
 
@@ -21,8 +23,6 @@ from functools import cache
 from pathlib import Path
 
 import torch
-
-from ember.config import get_settings
 
 log = logging.getLogger("ember.kernels")
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
@@ -54,6 +54,10 @@ def _build(cc: str, folder: Path) -> Path:
     return lib
 
 
+def cache_folder() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "ember" / "kernels"
+
+
 @cache
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, or None (disabled, no compiler, or the build failed: then torch's path is used)."""
@@ -64,7 +68,7 @@ def library() -> ctypes.CDLL | None:
         log.info("no C compiler found: int8 projections run through torch (slower at one row)")
         return None
     try:
-        lib = ctypes.CDLL(str(_build(cc, get_settings().home / "kernels")))
+        lib = ctypes.CDLL(str(_build(cc, cache_folder())))
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("Ember's CPU kernels could not be built (%s): int8 projections run through torch", e)
         return None
