@@ -160,3 +160,23 @@ def test_invalid_requests(smol_engine):
         SamplingParams(temperature=-1)
     with pytest.raises(InvalidRequest):
         smol_engine.generate(["x"], SamplingParams(max_tokens=5000))
+
+
+def test_int8_same_seed_same_output_alone_or_in_a_batch_over_the_one_call_size(smollm2_dir):
+    """int8 decode steps of up to 8 rows run in one native call, larger or mixed steps layer by layer: a seeded
+    request gives the same text either way (models/native_decode.py)."""
+    from ember.engine.engine import Engine
+
+    engine = Engine.load(smollm2_dir, max_slots=16, max_seq_len=512, quantize="int8")
+    try:
+        assert engine.model.native is not None
+        sp = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=24, seed=1234)
+        alone = engine.generate(["Write a poem about the sea."], sp)[0].choices[0].token_ids
+        others = [SamplingParams(temperature=1.0, max_tokens=30, seed=s) for s in range(11)]
+        batched = engine.generate(["Hello"] * 6 + ["Write a poem about the sea."] + ["Why?"] * 5,
+                                  others[:6] + [sp] + others[6:])
+        assert batched[6].choices[0].token_ids == alone
+        greedy = SamplingParams(temperature=0, max_tokens=16)
+        assert engine.generate(["The capital of France is"], greedy)[0].choices[0].text.strip()
+    finally:
+        engine.close()

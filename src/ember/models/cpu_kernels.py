@@ -26,7 +26,8 @@ import torch
 
 log = logging.getLogger("ember.kernels")
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+# No FMA contraction: the element-wise code (RoPE, residuals) must round like torch's separate ops.
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
 
 def _cpu_flags() -> str:
@@ -75,9 +76,16 @@ def library() -> ctypes.CDLL | None:
     lib.ember_int8_linear.restype = None
     lib.ember_int8_linear.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                       ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    ptr, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     lib.ember_decode_attention.restype = None
-    lib.ember_decode_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 5 + [
-        ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.ember_decode_attention.argtypes = [ptr] * 5 + [i32] * 5 + [f32, ptr, ptr, i32, i32]
+    lib.ember_rms_norm.restype = None
+    lib.ember_rms_norm.argtypes = [ptr, ptr, i32, i32, f32, ptr]
+    lib.ember_silu_mul.restype = None
+    lib.ember_silu_mul.argtypes = [ptr, i32, i32, ptr]
+    lib.ember_int8_decode.restype = None
+    lib.ember_int8_decode.argtypes = ([ptr, i32, ptr, i32, i32, ptr, ptr, ptr, ptr, i32, i32, i32, i32, ptr, ptr, i32,
+                                       i32, f32, f32, ptr, ptr, ptr, i32, i32])
     return lib
 
 
@@ -114,3 +122,27 @@ def decode_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, slots:
                                      lengths.data_ptr(), r, h, kv, s, d, scale, out.data_ptr(), scores.data_ptr(),
                                      lmax, torch.get_num_threads())
     return out
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """w * (x / sqrt(mean(x^2) + eps)) per row of x [M, D], the sum in order (the int8 decoder's norm)."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    library().ember_rms_norm(x.data_ptr(), w.data_ptr(), x.shape[0], x.shape[1], eps, out.data_ptr())
+    return out
+
+
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gu [M, 2I] = [gate | up] (the int8 decoder's MLP activation)."""
+    gu = gu.contiguous()
+    m, i2 = gu.shape
+    out = torch.empty(m, i2 // 2)
+    library().ember_silu_mul(gu.data_ptr(), m, i2 // 2, out.data_ptr())
+    return out
+
+
+class Int8Layer(ctypes.Structure):
+    """cpu_kernels.c's EmberInt8Layer: pointers into one layer's norms and int8 projections."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in (
+        "ln1", "ln2", "wqkv", "wo", "wgu", "wdown", "rqkv", "ro", "rgu", "rdown", "sqkv", "so", "sgu", "sdown")]

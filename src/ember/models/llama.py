@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ember.errors import Unsupported
+from ember.models import cpu_kernels
 from ember.models.attention import KVCache, StepBatch
 
 
@@ -38,6 +39,10 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     # Same operation order as transformers' LlamaRMSNorm so greedy decoding stays token-identical.
     var = x.pow(2).mean(-1, keepdim=True)
     return w * (x * var.add_(eps).rsqrt_())  # in place on the fresh [T, 1] temporary: same values
+
+
+def _native_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return cpu_kernels.rms_norm(x, w, eps)
 
 
 def rope_inv_freq(cfg: dict) -> tuple[torch.Tensor, float]:
@@ -76,6 +81,9 @@ class LlamaDecoder:
             raise Unsupported("Llama models with MLP biases (mlp_bias=true) are not supported")
         self.scale = self.head_dim**-0.5
         self.lora = None  # models.lora.LoraSlots once an adapter is served on this base
+        # models.native_decode.NativeInt8Decode for an int8 decoder when the C kernels are built: then the C
+        # norm and SiLU serve every path, and steps of a few decode rows run all layers in one native call.
+        self.native = None
         w = weights
         embed = w.pop("model.embed_tokens.weight")
         head = w.pop("lm_head.weight", None)
@@ -151,24 +159,29 @@ class LlamaDecoder:
         cos, sin = self.cos[b.positions][:, None, :], self.sin_rot[b.positions][:, None, :]
         half, nqk = D // 2, (H + KV) * D
         rows = self.lora.groups(getattr(b, "lora_rows", None)) if self.lora is not None else None
-        for i, L in enumerate(self.layers):
-            h = rms_norm(x, L.ln1, self.eps)
-            qkv = h @ L.wqkv if L.bqkv is None else (h @ L.wqkv) + L.bqkv  # packed: bias fused, bqkv None
-            if rows is not None:  # per-row LoRA adapters (models/lora.py), unmerged
-                qkv = self.lora.add(i, "qkv", h, qkv, rows)
-            qk = qkv[:, :nqk].view(T, H + KV, D)  # q and k heads side by side: one RoPE for both
-            qk = qk * cos + qk.roll(half, -1) * sin
-            q, k = qk[:, :H], qk[:, H:]
-            v = qkv[:, nqk:].view(T, KV, D)
-            a = cache.attend(i, q, k, v, b, self.attn_scale)
-            o = a @ L.wo if L.bo is None else (a @ L.wo) + L.bo
-            x += o if rows is None else self.lora.add(i, "o", a, o, rows)  # x is this step's own tensor
-            h = rms_norm(x, L.ln2, self.eps)
-            gu = h @ L.wgu if rows is None else self.lora.add(i, "gu", h, h @ L.wgu, rows)
-            inter = gu.shape[1] // 2
-            act = F.silu(gu[:, :inter]).mul_(gu[:, inter:])
-            x += act @ L.wdown if rows is None else self.lora.add(i, "down", act, act @ L.wdown, rows)
+        native = self.native
+        norm = rms_norm if native is None else _native_norm
+        if native is not None and rows is None and b.n_decode == T <= cpu_kernels.max_rows():
+            x = native.decode(x, b, cache)
+        else:
+            for i, L in enumerate(self.layers):
+                h = norm(x, L.ln1, self.eps)
+                qkv = h @ L.wqkv if L.bqkv is None else (h @ L.wqkv) + L.bqkv  # packed: bias fused, bqkv None
+                if rows is not None:  # per-row LoRA adapters (models/lora.py), unmerged
+                    qkv = self.lora.add(i, "qkv", h, qkv, rows)
+                qk = qkv[:, :nqk].view(T, H + KV, D)  # q and k heads side by side: one RoPE for both
+                qk = qk * cos + qk.roll(half, -1) * sin
+                q, k = qk[:, :H], qk[:, H:]
+                v = qkv[:, nqk:].view(T, KV, D)
+                a = cache.attend(i, q, k, v, b, self.attn_scale)
+                o = a @ L.wo if L.bo is None else (a @ L.wo) + L.bo
+                x += o if rows is None else self.lora.add(i, "o", a, o, rows)  # x is this step's own tensor
+                h = norm(x, L.ln2, self.eps)
+                gu = h @ L.wgu if rows is None else self.lora.add(i, "gu", h, h @ L.wgu, rows)
+                inter = gu.shape[1] // 2
+                act = F.silu(gu[:, :inter]).mul_(gu[:, inter:]) if native is None else cpu_kernels.silu_mul(gu)
+                x += act @ L.wdown if rows is None else self.lora.add(i, "down", act, act @ L.wdown, rows)
         if b.logit_index.shape[0] != T or b.n_decode != T:  # decode-only steps want every row, in order
             x = x[b.logit_index]
-        x = rms_norm(x, self.norm, self.eps)
+        x = norm(x, self.norm, self.eps)
         return x @ self.lm_head

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from ember.errors import CorruptFile, NotFound, Unsupported
 from ember.models import cpu_kernels
+from ember.models.native_decode import NativeInt8Decode
 from ember.models.packed import onednn_available, pack_weights
 
 DECODERS = {"llama": "ember.models.llama:LlamaDecoder", "mistral": "ember.models.llama:LlamaDecoder",
@@ -147,5 +148,7 @@ def load_model(ref_or_path, settings=None, *, with_tokenizer: bool = True, quant
         model.fold_attention_scale()
     pack_weights(model)
     cpu_kernels.library()  # built here, once per machine and logged, rather than inside the first decode step
+    if quantize and getattr(model, "family", None) == "llama" and NativeInt8Decode.supports(model):
+        model.native = NativeInt8Decode(model)  # after fold_attention_scale: the table points at final tensors
     _release_freed_memory()
     return LoadedModel(folder, cfg, model, tok, gen)
