@@ -15,8 +15,9 @@ from ember.models import cpu_kernels
 class Int8Linear:
     """An int8 weight (per output channel scales) used as `x @ w`: activations are quantized per token
     (per row), multiplied with `torch._int_mm` (oneDNN VNNI/AMX int8 GEMM, exact int32 accumulation) and
-    rescaled. Per-row activation scales keep each row independent of the rest of the batch, so a seed
-    still gives the same text alone or batched, and one outlier token does not coarsen its neighbours."""
+    rescaled; 1-8 rows go through one C call with the same bits (models/cpu_kernels.c). Per-row activation
+    scales keep each row independent of the rest of the batch, so a seed still gives the same text alone or
+    batched, and one outlier token does not coarsen its neighbours."""
 
     def __init__(self, wt: torch.Tensor):
         self.scale = (wt.abs().amax(0) / 127).clamp(min=1e-8)  # [N]

@@ -162,7 +162,7 @@ class LlamaDecoder:
         native = self.native
         norm = rms_norm if native is None else _native_norm
         if native is not None and rows is None and b.n_decode == T <= cpu_kernels.max_rows():
-            x = native.decode(x, b, cache)
+            x = native.decode(self, x, b, cache)
         else:
             for i, L in enumerate(self.layers):
                 h = norm(x, L.ln1, self.eps)

@@ -17,10 +17,10 @@ from ember.models.int8 import Int8Linear
 
 
 class NativeInt8Decode:
-    """Holds the per-layer pointer table of an int8 Llama decoder (its tensors stay owned by the decoder)."""
+    """Holds the per-layer pointer table of an int8 Llama decoder. The decoder owns the tensors (and this
+    object): no reference back, so unloading a model frees it at once, without waiting for the cycle GC."""
 
     def __init__(self, model):
-        self.model = model
         self.table = (cpu_kernels.Int8Layer * len(model.layers))()
         for row, L in zip(self.table, model.layers):
             row.ln1, row.ln2 = L.ln1.data_ptr(), L.ln2.data_ptr()
@@ -38,9 +38,8 @@ class NativeInt8Decode:
             and L.bqkv is None and L.bo is None and L.ln1.is_contiguous() and L.ln2.is_contiguous()
             for L in model.layers))
 
-    def decode(self, x: torch.Tensor, b: StepBatch, cache: KVCache) -> torch.Tensor:
-        """x [M, hidden] (the rows' embeddings, M <= max_rows, decode rows only) -> the last layer's output."""
-        m = self.model
+    def decode(self, m, x: torch.Tensor, b: StepBatch, cache: KVCache) -> torch.Tensor:
+        """x [M, hidden] (decoder m's embeddings of M <= max_rows decode rows) -> the last layer's output."""
         cache._make_finite(b)  # keeps the cache's bookkeeping for steps that take the torch path
         rows, hidden = x.shape
         H, KV, D = m.n_heads, m.n_kv_heads, m.head_dim
