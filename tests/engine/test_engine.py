@@ -172,11 +172,9 @@ def test_int8_same_seed_same_output_alone_or_in_a_batch_over_the_one_call_size(s
         assert engine.model.native is not None
         sp = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=24, seed=1234)
         alone = engine.generate(["Write a poem about the sea."], sp)[0].choices[0].token_ids
-        others = [SamplingParams(temperature=1.0, max_tokens=30, seed=s) for s in range(11)]
+        others = [SamplingParams(temperature=1.0, max_tokens=20, seed=s) for s in range(11)]
         batched = engine.generate(["Hello"] * 6 + ["Write a poem about the sea."] + ["Why?"] * 5,
                                   others[:6] + [sp] + others[6:])
         assert batched[6].choices[0].token_ids == alone
-        greedy = SamplingParams(temperature=0, max_tokens=16)
-        assert engine.generate(["The capital of France is"], greedy)[0].choices[0].text.strip()
     finally:
         engine.close()
