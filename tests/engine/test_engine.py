@@ -62,13 +62,20 @@ def test_beam_search_matches_transformers(smol_engine, smol_hf):
         assert got == ref[: len(got)] and all(t in smol_engine.eos_ids for t in ref[len(got):]), p
 
 
-def test_same_seed_same_output_alone_or_batched(smol_engine):
+def _seeded_alone_and_batched(engine, n_others: int) -> tuple[list[int], list[int]]:
+    """One seeded request alone, then the same one in the middle of n_others other seeded requests."""
     sp = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=24, seed=1234)
-    alone = smol_engine.generate(["Write a poem about the sea."], sp)[0].choices[0].token_ids
-    others = [SamplingParams(temperature=1.0, max_tokens=30, seed=s) for s in range(5)]
-    batched = smol_engine.generate(["Hello"] * 3 + ["Write a poem about the sea."] + ["Why?"] * 2,
-                                   others[:3] + [sp] + others[3:])
-    assert batched[3].choices[0].token_ids == alone
+    alone = engine.generate(["Write a poem about the sea."], sp)[0].choices[0].token_ids
+    others = [SamplingParams(temperature=1.0, max_tokens=30, seed=s) for s in range(n_others)]
+    half = n_others // 2
+    batched = engine.generate(["Hello"] * half + ["Write a poem about the sea."] + ["Why?"] * (n_others - half),
+                              others[:half] + [sp] + others[half:])
+    return alone, batched[half].choices[0].token_ids
+
+
+def test_same_seed_same_output_alone_or_batched(smol_engine):
+    alone, batched = _seeded_alone_and_batched(smol_engine, 5)
+    assert batched == alone
     other_seed = smol_engine.generate(["Write a poem about the sea."],
                                       SamplingParams(temperature=0.9, top_p=0.95, max_tokens=24, seed=99))
     assert other_seed[0].choices[0].token_ids != alone
@@ -170,11 +177,7 @@ def test_int8_same_seed_same_output_alone_or_in_a_batch_over_the_one_call_size(s
     engine = Engine.load(smollm2_dir, max_slots=16, max_seq_len=512, quantize="int8")
     try:
         assert engine.model.native is not None
-        sp = SamplingParams(temperature=0.9, top_p=0.95, max_tokens=24, seed=1234)
-        alone = engine.generate(["Write a poem about the sea."], sp)[0].choices[0].token_ids
-        others = [SamplingParams(temperature=1.0, max_tokens=20, seed=s) for s in range(11)]
-        batched = engine.generate(["Hello"] * 6 + ["Write a poem about the sea."] + ["Why?"] * 5,
-                                  others[:6] + [sp] + others[6:])
-        assert batched[6].choices[0].token_ids == alone
+        alone, batched = _seeded_alone_and_batched(engine, 11)  # 12 rows: over the one-call step's 8
+        assert batched == alone
     finally:
         engine.close()
