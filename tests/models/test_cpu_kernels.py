@@ -100,3 +100,31 @@ def test_decode_attention_matches_softmax_attention_per_row(fresh_library):
         v = vc[slots[r], :, : lengths[r]].repeat_interleave(h // kv, 0)
         ref = torch.softmax((q[r, :, None, :] @ k.transpose(-1, -2)) * 0.125, -1) @ v  # [H, 1, D]
         torch.testing.assert_close(out[r], ref.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_an_unwritable_cache_folder_falls_back_to_a_private_temporary_one(fresh_library, tmp_path, monkeypatch):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    assert cpu_kernels.library() is not None
+    assert list((tmp_path / "tmp").glob("ember-kernels-*/cpu_kernels-*.so"))
+
+
+def test_a_kernel_folder_others_can_write_to_is_not_trusted(fresh_library, tmp_path, monkeypatch, caplog):
+    """Code is loaded from the folder: one that other users can write to could hold a planted library."""
+    shared = tmp_path / "shared"
+    (shared / "ember" / "kernels").mkdir(parents=True)
+    (shared / "ember" / "kernels").chmod(0o777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    monkeypatch.setenv("TMPDIR", str(shared))  # the fallback folder is made private (0700) and used
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert cpu_kernels.library() is not None
+    assert not list((shared / "ember" / "kernels").iterdir())  # nothing built or loaded there
+    assert list(shared.glob("ember-kernels-*/cpu_kernels-*.so"))

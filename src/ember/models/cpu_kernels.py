@@ -41,9 +41,13 @@ def _build(cc: str, folder: Path) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\n".join([SOURCE.read_text(), version, " ".join(FLAGS), _cpu_flags()]).encode())
     lib = folder / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = folder.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        # Code is loaded from here: a folder someone else owns or can write to (a shared /tmp) is not trusted.
+        raise OSError(f"{folder} is not private to this user")
     if lib.is_file():
         return lib
-    folder.mkdir(parents=True, exist_ok=True)
     log.info("compiling Ember's CPU kernels once for this machine (%s)", lib)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".build-", suffix=".so")
     os.close(fd)
@@ -66,12 +70,19 @@ def library() -> ctypes.CDLL | None:
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        log.info("no C compiler found: int8 projections run through torch (slower at one row)")
+        log.info("no C compiler found: decode steps run through torch (slower at a few rows)")
         return None
-    try:
-        lib = ctypes.CDLL(str(_build(cc, cache_folder())))
-    except (OSError, subprocess.SubprocessError) as e:
-        log.warning("Ember's CPU kernels could not be built (%s): int8 projections run through torch", e)
+    # A read-only home or a noexec cache mount: try a private folder under the temporary directory next.
+    folders = [cache_folder(), Path(tempfile.gettempdir()) / f"ember-kernels-{os.getuid()}"]
+    lib, errors = None, []
+    for folder in folders:
+        try:
+            lib = ctypes.CDLL(str(_build(cc, folder)))
+            break
+        except (OSError, subprocess.SubprocessError) as e:
+            errors.append(f"{folder}: {e}")
+    if lib is None:
+        log.warning("Ember's CPU kernels could not be built (%s): decode steps run through torch", "; ".join(errors))
         return None
     lib.ember_int8_linear.restype = None
     lib.ember_int8_linear.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
