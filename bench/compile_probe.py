@@ -81,7 +81,7 @@ def main() -> None:
 
         def step_args(n, ctx):
             b = make_batch([(s, ctx, 100 + s) for s in range(n)], [], [])
-            cache._make_finite(b)
+            cache.make_finite(b)
             heads = torch.arange(m.n_kv_heads)[None, :]
             widx = ((b.slots[:, None] * m.n_kv_heads + heads) * cache.max_seq_len + b.positions[:, None]).reshape(-1)
             a = (m.embed[b.tokens], m.cos[b.positions][:, None, :], m.sin[b.positions][:, None, :],

@@ -86,7 +86,7 @@ class KVCache:
         # Per slot: positions [0, finite[s]) hold finite values (written by some sequence, or zeroed).
         self.finite = [0] * n_slots
 
-    def _make_finite(self, b: StepBatch) -> None:
+    def make_finite(self, b: StepBatch) -> None:
         """Decode attention reads positions [0, lmax) of slots [0, hi) and masks the unused ones with zero
         weight, but 0 * NaN is NaN: memory from `torch.empty` that no sequence ever wrote must be zeroed
         before it is read. Only the never-written tail is touched, once, as lengths grow."""
@@ -134,7 +134,7 @@ class KVCache:
         T, H, D = q.shape
         KV = k.shape[1]
         if layer == 0:
-            self._make_finite(b)
+            self.make_finite(b)
         if b.write_index is None:
             # Row (slot, head, pos) of the cache viewed as [slots*KV*S, D]; index_copy_ on that view is
             # several times faster than advanced-index assignment, and the index serves every layer.

@@ -1,15 +1,18 @@
 """Few-row CPU kernels in C (cpu_kernels.c), built on first use and called through ctypes.
 
-    ember serve --model smollm2-135m-instruct --quantize int8    # one-stream decode steps use int8_linear
+    ember serve --model smollm2-135m-instruct --quantize int8    # one-stream decode runs in these kernels
 
-A one-stream int8 decode step spent more time dispatching the ~9 torch ops of each projection (quantise,
-`_int_mm`, rescale) than moving weights; one C call per projection does the same arithmetic, bit for bit, at
-about twice the speed (bench/gemm_bench.py, docs/engine.md). The library is compiled with the machine's C
-compiler (`cc -O3 -march=native -fopenmp`, about a second) into the machine's cache folder
-($XDG_CACHE_HOME/ember/kernels, else ~/.cache/ember/kernels; a machine artifact like torch's extension cache,
-not user data, so every EMBER_HOME shares it), keyed by the source, the compiler and the CPU's flags: a
-restart does not rebuild it. Without a compiler, or with
-EMBER_CPU_KERNELS=0, everything runs through torch as before: same results, slower at one row.
+A one-stream decode step spent more time dispatching small torch ops than moving weights. The kernels:
+`int8_linear` (an int8 projection for 1-8 rows, bit-identical to Int8Linear's torch sequence),
+`decode_attention` (all decode rows of one layer, read in place from the KV cache), `rms_norm` and `silu_mul`
+(the int8 decoder's, in every path) and `ember_int8_decode` (a whole int8 decode step, models/native_decode.py).
+Measured in docs/engine.md ("C kernels for few-row steps").
+
+The library is compiled with the machine's C compiler (`cc -O3 -march=native -fopenmp`, about a second) into
+the machine's cache folder ($XDG_CACHE_HOME/ember/kernels, else ~/.cache/ember/kernels: a machine artifact
+like torch's extension cache, shared by every EMBER_HOME), keyed by the source, the compiler and the CPU's
+flags, so a restart does not rebuild it. Without a compiler, after a failed build, or with
+EMBER_CPU_KERNELS=0, torch does the work: the same int8 projections, attention within float tolerance.
 """
 
 import ctypes
@@ -84,10 +87,9 @@ def library() -> ctypes.CDLL | None:
     if lib is None:
         log.warning("Ember's CPU kernels could not be built (%s): decode steps run through torch", "; ".join(errors))
         return None
-    lib.ember_int8_linear.restype = None
-    lib.ember_int8_linear.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                      ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     ptr, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.ember_int8_linear.restype = None
+    lib.ember_int8_linear.argtypes = [ptr, i32, i32, ptr, ptr, ptr, i32, ptr, ptr, i32]
     lib.ember_decode_attention.restype = None
     lib.ember_decode_attention.argtypes = [ptr] * 5 + [i32] * 5 + [f32, ptr, ptr, i32, i32]
     lib.ember_rms_norm.restype = None

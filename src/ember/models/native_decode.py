@@ -1,6 +1,6 @@
 """A whole int8 decode step in one native call (cpu_kernels.c's ember_int8_decode), for steps of 1-8 rows.
 
-    ember serve --model smollm2-135m-instruct --quantize int8     # quantize_model attaches it to the decoder
+    ember serve --model smollm2-135m-instruct --quantize int8     # load_model attaches it to the decoder
 
 With the projections in C, a one-row int8 step still ran ~3,600 small torch calls (norms, RoPE, cache writes,
 views) and the Python between them: more time than the weights took to stream. Here the layers run in C, one
@@ -40,11 +40,11 @@ class NativeInt8Decode:
 
     def decode(self, m, x: torch.Tensor, b: StepBatch, cache: KVCache) -> torch.Tensor:
         """x [M, hidden] (decoder m's embeddings of M <= max_rows decode rows) -> the last layer's output."""
-        cache._make_finite(b)  # keeps the cache's bookkeeping for steps that take the torch path
+        cache.make_finite(b)  # keeps the cache's bookkeeping for steps that take the torch path
         rows, hidden = x.shape
         H, KV, D = m.n_heads, m.n_kv_heads, m.head_dim
         inter = m.layers[0].wdown.shape[0]
-        x = x.contiguous().clone()
+        x = x.contiguous()  # this step's own tensor (the embedding lookup's): updated in place
         slots, positions = b.slots.contiguous(), b.positions.contiguous()
         lmax = int(positions.max()) + 1
         nqkv = (H + 2 * KV) * D
