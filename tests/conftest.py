@@ -159,21 +159,9 @@ def ember_bin() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_chat_dir(smollm2_dir, tmp_path_factory):
-    import shutil
+    from tiny_models import save_tiny_chat_llama
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-chat-llama")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-        if (smollm2_dir / name).exists():
-            shutil.copy(smollm2_dir / name, out / name)
-    return out
+    return save_tiny_chat_llama(smollm2_dir, tmp_path_factory.mktemp("tiny-chat-llama"))
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tiny_models import save_tiny_chat_llama
+
 EMBER_BIN = str(Path(sys.executable).with_name("ember"))
 
 
@@ -143,21 +145,6 @@ def start_replicas(root: Path, n: int, env: dict, args: list[str]) -> list[Repli
     return reps
 
 
-def tiny_long_context_model(src: Path, out: Path) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
-        if (src / name).exists():
-            shutil.copy(src / name, out / name)
-    return out
-
-
 @pytest.fixture(scope="module")
 def cluster(pg_server, tiny_chat_dir, tmp_path_factory):
     if nginx_bin() is None:
@@ -169,7 +156,7 @@ def cluster(pg_server, tiny_chat_dir, tmp_path_factory):
     db_url = pg_server.new_database()
     blob_url = f"file://{root / 'shared-blobs'}"
     settings = Settings(home=root / "ops-home", database_url=db_url, blob_url=blob_url)
-    model = tiny_long_context_model(tiny_chat_dir, root / "model")
+    model = save_tiny_chat_llama(tiny_chat_dir, root / "model", max_positions=4096)
     registry.register_folder(model, "tiny", settings=settings)
     registry.set_alias("tiny", "prod", 1, settings=settings)
     _, admin = keys.create("ops", "inference,admin", settings=settings)
